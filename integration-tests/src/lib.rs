@@ -1,0 +1,92 @@
+//! Shared helpers for Kiln's integration tests and benchmarks: where the
+//! built plugins are, and sandboxes with test limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_sandbox::{CacheConfig, JobContext, Limits, Plugin, Sandbox, SandboxConfig};
+
+/// Directory of the release `.wasm` files built by `build.rs`.
+pub fn artifacts() -> PathBuf {
+    PathBuf::from(env!("KILN_PLUGIN_ARTIFACTS"))
+}
+
+/// Path of a built plugin, by crate name (`hostile-spin`).
+pub fn artifact(crate_name: &str) -> PathBuf {
+    artifacts().join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// A sandbox config with `limits`, a small pool and no cache directory.
+pub fn config(limits: Limits) -> SandboxConfig {
+    let mut config = SandboxConfig {
+        limits,
+        cache: CacheConfig {
+            dir: None,
+            baked_dir: None,
+        },
+        ..SandboxConfig::default()
+    };
+    config.pool.max_instances = 32;
+    config
+}
+
+/// A sandbox with `limits` and no cache directory.
+#[allow(clippy::expect_used)]
+pub fn sandbox(limits: Limits) -> Sandbox {
+    Sandbox::new(config(limits)).expect("sandbox builds")
+}
+
+/// Loads a built plugin by crate name.
+#[allow(clippy::expect_used)]
+pub async fn load(sandbox: &Sandbox, crate_name: &str) -> Arc<Plugin> {
+    let plugin = sandbox
+        .load_file(&artifact(crate_name))
+        .await
+        .expect("plugin loads");
+    Arc::new(plugin)
+}
+
+/// A job context with an id and config pairs.
+pub fn ctx(job_id: &str, config: &[(&str, &str)]) -> JobContext {
+    JobContext {
+        job_id: Arc::from(job_id),
+        config: Arc::new(
+            config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        timeout_ms: None,
+    }
+}
+
+/// Copies the named plugins into a fresh directory, for directory loads.
+#[allow(clippy::expect_used)]
+pub fn plugin_dir(crate_names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in crate_names {
+        let from = artifact(name);
+        let to = dir.path().join(from.file_name().expect("file name"));
+        std::fs::copy(&from, &to).expect("copy plugin");
+    }
+    dir
+}
+
+/// The `kiln` binary next to the test executable (built by
+/// `cargo test --workspace`).
+#[allow(clippy::expect_used)]
+pub fn kiln_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/all-<hash> -> target/<profile>/kiln
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("kiln"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,248 @@
+//! The `kiln` binary end to end: `run`, `run --jobs`, `plugins`,
+//! `precompile`, and bad config.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kiln_integration_tests::{kiln_bin, plugin_dir};
+use serde_json::Value;
+
+fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
+    Command::new(kiln_bin())
+        .arg("--plugins")
+        .arg(plugins)
+        .arg("--cache")
+        .arg(cache)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn run_one_job() {
+    let plugins = plugin_dir(&["uppercase", "reverse"]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["run", "uppercase", "--input", "hello"],
+    );
+    assert!(out.status.success());
+    let reply = stdout_json(&out);
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["output"], "HELLO");
+
+    // A typed error, and a non-zero exit.
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["run", "reverse", "--input", ""],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["kind"], "invalid-input");
+
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["run", "nope", "--input", "x"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["kind"], "unknown-plugin");
+}
+
+#[test]
+fn run_reads_stdin_and_files() {
+    use std::io::Write;
+    let plugins = plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(kiln_bin())
+        .args(["--cache"])
+        .arg(cache.path())
+        .arg("--plugins")
+        .arg(plugins.path())
+        .args(["run", "uppercase"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout_json(&out)["output"], "FROM STDIN");
+
+    let file = cache.path().join("in.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["run", "uppercase", "--file", file.to_str().unwrap()],
+    );
+    assert_eq!(stdout_json(&out)["output"], "FROM A FILE");
+}
+
+#[test]
+fn run_jobs_file_through_the_embedded_pipeline() {
+    let plugins = plugin_dir(&["uppercase", "wordcount"]);
+    let work = tempfile::tempdir().unwrap();
+    let jobs = work.path().join("jobs.jsonl");
+    let mut lines: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"job_id":"j{i}","plugin":"uppercase","input":"job {i}"}}"#))
+        .collect();
+    lines.push(r#"{"job_id":"b","plugin":"wordcount","inputs":["a b","c"]}"#.into());
+    lines.push("this is not json".into());
+    lines.push(String::new());
+    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    let out_path = work.path().join("replies.jsonl");
+    let out = kiln(
+        plugins.path(),
+        work.path(),
+        &[
+            "run",
+            "--jobs",
+            jobs.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+            "--concurrency",
+            "4",
+        ],
+    );
+    // One job failed (bad-request), so the exit code says so.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<Value> = std::fs::read_to_string(&out_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 502);
+    let mut ids: Vec<_> = replies
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 502, "every job answered exactly once");
+    for r in &replies {
+        if let Some(id) = r["job_id"].as_str().and_then(|id| id.strip_prefix('j')) {
+            assert_eq!(r["output"], format!("JOB {id}"));
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("502 jobs"), "{stderr}");
+    assert!(stderr.contains("ok: 501"), "{stderr}");
+    assert!(stderr.contains("bad-request: 1"), "{stderr}");
+    // The malformed record went to the dead-letter file, with its reason.
+    let dead = std::fs::read_to_string(work.path().join("replies.jsonl.dead.jsonl")).unwrap();
+    let dead: Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!(dead["error"]["kind"], "bad-request");
+    assert_eq!(dead["body"], "this is not json");
+}
+
+#[test]
+fn plugins_lists_versions_exports_cache_and_errors() {
+    let plugins = plugin_dir(&["uppercase", "wordcount", "invalid-wrong-types"]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = kiln(plugins.path(), cache.path(), &["plugins", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a load error makes the exit non-zero"
+    );
+    let listing = stdout_json(&out);
+    let list = listing["plugins"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "uppercase");
+    assert_eq!(list[0]["cache"], "compiled");
+    assert_eq!(list[1]["exports"], serde_json::json!(["plugin", "batch"]));
+    assert!(
+        listing["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("invalid_wrong_types")
+    );
+
+    // Second start: from the cache.
+    let out = kiln(plugins.path(), cache.path(), &["plugins", "--json"]);
+    assert_eq!(stdout_json(&out)["plugins"][0]["cache"], "hit");
+}
+
+#[test]
+fn precompile_fills_a_baked_dir() {
+    let plugins = plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    let baked = tempfile::tempdir().unwrap();
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["precompile", "--out", baked.path().to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cwasm = std::fs::read_dir(baked.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert_eq!(cwasm, 1);
+
+    // A worker pointed at the baked dir starts warm, even with no writable cache.
+    let config = cache.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!("[sandbox.cache]\nbaked_dir = {:?}\n", baked.path()),
+    )
+    .unwrap();
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &[
+            "--config-file",
+            config.to_str().unwrap(),
+            "plugins",
+            "--json",
+        ],
+    );
+    assert_eq!(stdout_json(&out)["plugins"][0]["cache"], "baked");
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let plugins = plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    let config = cache.path().join("kiln.toml");
+    std::fs::write(&config, "[pipeline]\nconcurency = 4\n").unwrap();
+    let out = kiln(
+        plugins.path(),
+        cache.path(),
+        &["--config-file", config.to_str().unwrap(), "plugins"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
+}

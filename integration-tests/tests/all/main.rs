@@ -1,0 +1,10 @@
+//! Kiln's integration tests: one binary, one module per topic, over the
+//! real plugins built by `build.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod cache;
+mod cli;
+mod examples;
+mod loading;
+mod records;

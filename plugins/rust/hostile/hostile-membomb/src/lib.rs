@@ -1,0 +1,39 @@
+//! `hostile-membomb`: a plugin whose `process` allocates memory without bound.
+//!
+//! It exists for the host's tests: the host must stop a plugin at its memory
+//! cap (the failed `memory.grow` makes Rust's allocator abort, which traps)
+//! instead of letting it eat the worker's memory. Every 1 MiB block is filled
+//! with a non-zero byte, so the pages are really touched, and kept alive.
+
+wit_bindgen::generate!({
+    path: "../../../../wit",
+    world: "text-plugin",
+});
+
+use core::hint::black_box;
+use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
+
+/// The size of one block: 1 MiB.
+const BLOCK: usize = 1 << 20;
+
+struct HostileMembomb;
+
+impl Guest for HostileMembomb {
+    fn get_name() -> String {
+        "hostile-membomb".to_string()
+    }
+
+    fn get_version() -> String {
+        "1.0.0".to_string()
+    }
+
+    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![0xA5; BLOCK]);
+            black_box(&mut hoard);
+        }
+    }
+}
+
+export!(HostileMembomb);

@@ -1,0 +1,47 @@
+//! `hostile-recurse`: a plugin whose `process` recurses without bound.
+//!
+//! It exists for the host's tests: the host must turn a stack overflow into a
+//! trap for this one call and stay healthy. The recursion is not a tail call
+//! (the result is used after the call returns) and `black_box` hides both the
+//! depth and the exit condition, so the optimizer can turn it neither into a
+//! loop nor into nothing.
+
+wit_bindgen::generate!({
+    path: "../../../../wit",
+    world: "text-plugin",
+});
+
+use core::hint::black_box;
+use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
+
+struct HostileRecurse;
+
+/// Recurses until the stack runs out; the exit is never taken in practice.
+#[inline(never)]
+fn dive(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return depth;
+    }
+    let below = dive(black_box(depth + 1));
+    black_box(below.wrapping_add(depth))
+}
+
+impl Guest for HostileRecurse {
+    fn get_name() -> String {
+        "hostile-recurse".to_string()
+    }
+
+    fn get_version() -> String {
+        "1.0.0".to_string()
+    }
+
+    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+        let depth = dive(0);
+        Ok(ProcessResult {
+            output: depth.to_string(),
+            metadata: Vec::new(),
+        })
+    }
+}
+
+export!(HostileRecurse);

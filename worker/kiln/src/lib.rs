@@ -1,0 +1,40 @@
+//! Kiln, the worker: its typed config, the pipeline that joins job records
+//! to the sandbox, and the embedded runner. The `kiln` binary is a thin CLI
+//! over this library.
+
+pub mod config;
+pub mod embedded;
+pub mod pipeline;
+
+use std::sync::Arc;
+
+use kiln_protocol::DecodeLimits;
+use kiln_sandbox::{Registry, Sandbox};
+
+use crate::config::KilnConfig;
+use crate::pipeline::Pipeline;
+
+/// Builds the pipeline a config describes over an already loaded registry.
+pub fn pipeline_for(config: &KilnConfig, registry: Arc<Registry>) -> Pipeline {
+    Pipeline::new(
+        registry,
+        DecodeLimits {
+            max_input_bytes: config.sandbox.limits.max_input_bytes,
+            max_body_bytes: config.pipeline.max_body_bytes,
+        },
+        config.pipeline.retry_policy(),
+        config.pipeline.max_reply_bytes,
+    )
+}
+
+/// Builds the sandbox and loads every plugin of the configured directory.
+pub async fn load(config: &KilnConfig) -> anyhow::Result<(Sandbox, Arc<Registry>)> {
+    use anyhow::Context as _;
+    let sandbox = Sandbox::new(config.sandbox.clone())?;
+    let dir = &config.plugins_dir.0;
+    let registry = sandbox
+        .load_dir(dir)
+        .await
+        .with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
+    Ok((sandbox, Arc::new(registry)))
+}

@@ -1,0 +1,198 @@
+//! The pipeline: the one place that joins the job records of
+//! `kiln-protocol` with the sandbox of `kiln-sandbox`.
+//!
+//! It decodes a job, resolves its plugin, runs it, builds the reply, and
+//! applies the outcome table to say what should happen next. Both the
+//! embedded runner (`kiln run --jobs`) and the broker consumer drive jobs
+//! through [`Pipeline::handle`], so they cannot disagree on an outcome.
+
+use std::sync::Arc;
+
+use kiln_protocol::{
+    DecodeLimits, Disposition, Envelope, ErrorKind, ItemOk, Job, JobError, Payload, Reply,
+    ReplyBody, RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
+};
+use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
+
+/// What became of one attempt at a job.
+#[derive(Debug)]
+pub struct Handled {
+    /// The job's id (filled in deterministically when the record had none).
+    pub job_id: String,
+    /// The reply record.
+    pub reply: Reply,
+    /// The reply, serialized and size-checked, ready to publish or write.
+    pub encoded: Vec<u8>,
+    /// The whole job's error kind, if it failed.
+    pub error: Option<ErrorKind>,
+    /// What the outcome table says to do now.
+    pub disposition: Disposition,
+}
+
+/// Decodes, runs and answers jobs against a fixed set of plugins.
+#[derive(Debug)]
+pub struct Pipeline {
+    registry: Arc<Registry>,
+    decode: DecodeLimits,
+    policy: RetryPolicy,
+    max_reply_bytes: usize,
+}
+
+impl Pipeline {
+    /// A pipeline over `registry`.
+    pub fn new(
+        registry: Arc<Registry>,
+        decode: DecodeLimits,
+        policy: RetryPolicy,
+        max_reply_bytes: usize,
+    ) -> Self {
+        Self {
+            registry,
+            decode,
+            policy,
+            max_reply_bytes,
+        }
+    }
+
+    /// The plugins this pipeline serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The retry policy of the outcome table.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Handles attempt `attempt` (1-based) of the job in `body`.
+    pub async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
+        match decode_job(body, envelope, &self.decode) {
+            Ok(job) => self.run(&job, attempt).await,
+            Err(e) => self.finish(e.into(), attempt),
+        }
+    }
+
+    /// Runs attempt `attempt` of a decoded job.
+    pub async fn run(&self, job: &Job, attempt: u32) -> Handled {
+        let plugin = match self.registry.resolve(&job.plugin, job.version.as_ref()) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                let kind = match e {
+                    ResolveError::Unknown { .. } => ErrorKind::UnknownPlugin,
+                    ResolveError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+                };
+                let reply =
+                    Reply::error(&job.job_id, &job.plugin, JobError::new(kind, e.to_string()));
+                return self.finish(reply, attempt);
+            }
+        };
+        let ctx = JobContext {
+            job_id: Arc::from(job.job_id.as_str()),
+            config: Arc::new(job.config.clone()),
+            timeout_ms: job.timeout_ms,
+        };
+        let body = match &job.payload {
+            Payload::Single(input) => {
+                let run = plugin.process(&ctx, input).await;
+                match run.result {
+                    Ok(out) => ReplyBody::Ok(success(out, run.duration, run.fuel_used)),
+                    Err(f) => ReplyBody::Error(job_error(f)),
+                }
+            }
+            Payload::Batch(inputs) => {
+                let run = plugin.process_batch(&ctx, inputs).await;
+                match run.result {
+                    Ok(results) => ReplyBody::Batch {
+                        results: results
+                            .into_iter()
+                            .map(|r| r.map(item).map_err(job_error))
+                            .collect(),
+                        duration_us: micros(run.duration),
+                        fuel_used: run.fuel_used,
+                    },
+                    Err(f) => ReplyBody::Error(job_error(f)),
+                }
+            }
+        };
+        let reply = Reply {
+            job_id: job.job_id.clone(),
+            plugin: plugin.name().to_owned(),
+            plugin_version: Some(plugin.version().to_string()),
+            body,
+        };
+        self.finish(reply, attempt)
+    }
+
+    fn finish(&self, reply: Reply, attempt: u32) -> Handled {
+        let (encoded, replaced) = encode_reply_checked(&reply, self.max_reply_bytes);
+        // The reply that goes out may have been swapped for `output-too-large`.
+        let (reply, error) = match replaced {
+            Some(e) => {
+                let kind = e.kind;
+                (
+                    Reply {
+                        body: ReplyBody::Error(e),
+                        ..reply
+                    },
+                    Some(kind),
+                )
+            }
+            None => {
+                let kind = reply.error_kind();
+                (reply, kind)
+            }
+        };
+        let disposition = disposition(error.map_or(Ok(()), Err), attempt, &self.policy);
+        Handled {
+            job_id: reply.job_id.clone(),
+            reply,
+            encoded,
+            error,
+            disposition,
+        }
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn item(out: Output) -> ItemOk {
+    ItemOk {
+        output: out.output,
+        metadata: out.metadata.into_iter().collect(),
+    }
+}
+
+fn success(out: Output, duration: std::time::Duration, fuel_used: u64) -> Success {
+    Success {
+        output: out.output,
+        metadata: out.metadata.into_iter().collect(),
+        duration_us: micros(duration),
+        fuel_used,
+    }
+}
+
+/// Maps a sandbox failure onto the protocol's error record.
+pub fn job_error(failure: JobFailure) -> JobError {
+    let kind = match &failure {
+        JobFailure::Plugin { kind, .. } => match kind {
+            PluginErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            PluginErrorKind::UnsupportedFormat => ErrorKind::UnsupportedFormat,
+            PluginErrorKind::InternalError => ErrorKind::InternalError,
+        },
+        JobFailure::Timeout { .. } => ErrorKind::Timeout,
+        JobFailure::FuelExhausted { .. } => ErrorKind::FuelExhausted,
+        JobFailure::MemoryLimit { .. } => ErrorKind::MemoryLimit,
+        JobFailure::Trap { .. } => ErrorKind::Trap,
+        JobFailure::InputTooLarge { .. } => ErrorKind::PayloadTooLarge,
+        JobFailure::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
+        JobFailure::Internal(_) => ErrorKind::Internal,
+    };
+    let message = match failure {
+        // The plugin's own message stands alone; the kind is in the record.
+        JobFailure::Plugin { message, .. } => message,
+        other => other.to_string(),
+    };
+    JobError { kind, message }
+}

@@ -1,0 +1,56 @@
+//! Kiln's wire protocol: the job record and its decoding ([`job`]), the reply
+//! records and their encoding ([`reply`]), and the one outcome table that
+//! says what to do with each kind of failure ([`outcome`]).
+//!
+//! This crate knows nothing of wasmtime or AMQP; `docs/PROTOCOL.md` is its
+//! specification in prose. Everything is re-exported at the crate root.
+
+pub mod job;
+pub mod outcome;
+pub mod reply;
+
+pub use job::{DecodeLimits, Envelope, Job, Payload, RequestError, decode_job, job_id_from_body};
+pub use outcome::{
+    Action, Disposition, ErrorKind, JobError, RetryPolicy, Source, UnknownErrorKind, disposition,
+};
+pub use reply::{
+    ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply, encode_reply_checked,
+};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Every JSON example in `docs/PROTOCOL.md` is a job that decodes or a
+    /// reply that reads back and encodes to the same JSON.
+    #[test]
+    fn protocol_md_examples_are_valid() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let blocks: Vec<&str> = doc
+            .split("```json\n")
+            .skip(1)
+            .map(|rest| rest.split("```").next().unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 4);
+        for block in blocks {
+            let value: serde_json::Value = serde_json::from_str(block).expect(block);
+            if value.get("status").is_none() {
+                let job = decode_job(
+                    block.as_bytes(),
+                    &Envelope::default(),
+                    &DecodeLimits::default(),
+                )
+                .expect(block);
+                assert_eq!(serde_json::to_value(&job).unwrap(), value);
+            } else {
+                let reply: Reply = serde_json::from_str(block).expect(block);
+                let encoded = encode_reply(&reply, usize::MAX);
+                assert_eq!(
+                    serde_json::from_slice::<serde_json::Value>(&encoded).unwrap(),
+                    value
+                );
+            }
+        }
+    }
+}

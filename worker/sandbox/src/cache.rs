@@ -1,0 +1,385 @@
+//! The two-tier component cache.
+//!
+//! A plugin's `.wasm` is compiled once with [`Engine::precompile_component`]
+//! into a `.cwasm`, named by a key that covers the `.wasm`'s sha256 and
+//! everything in the engine that changes code
+//! ([`Engine::precompile_compatibility_hash`] plus Kiln's own settings).
+//!
+//! - The **baked** tier is read-only, filled by `kiln precompile` at image
+//!   build time, so pods on a read-only root filesystem start warm.
+//! - The **writable** tier is where this process stores what it compiles.
+//!
+//! `Component::deserialize_file` does not verify content, so every `.cwasm`
+//! carries a sidecar `<key>.cwasm.sha256` that Kiln wrote, and the file's
+//! digest is checked against it before deserializing. A stale, truncated,
+//! corrupt or engine-incompatible entry is detected and recompiled, never
+//! trusted. Writes go to a temp file that is renamed into place, so workers
+//! sharing a directory never see half a file. A full or read-only cache
+//! directory is not fatal: the component is compiled in memory and the log
+//! says so.
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::config::CacheConfig;
+
+/// Bumped when the cache layout or Kiln's engine settings change meaning.
+const CACHE_FORMAT: &str = "kiln-cwasm-v1";
+
+/// Where a component came from on this load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheState {
+    /// Loaded from the read-only baked tier.
+    Baked,
+    /// Loaded from the writable tier.
+    Hit,
+    /// Compiled, and stored in the writable tier.
+    Compiled,
+    /// Compiled in memory only: no writable tier, or it could not be written.
+    CompiledInMemory,
+}
+
+impl CacheState {
+    /// Whether this load avoided a compile.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Self::Baked | Self::Hit)
+    }
+}
+
+/// A cache entry written (or found) by [`ComponentCache::precompile_into`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The `.cwasm` file.
+    pub path: PathBuf,
+    /// Whether a valid entry was already there (nothing was compiled).
+    pub already_present: bool,
+}
+
+/// Why a cache entry was not used (logged, then recompiled).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("missing")]
+    Missing,
+    #[error("no digest sidecar")]
+    NoSidecar,
+    #[error("digest mismatch (corrupt or truncated)")]
+    DigestMismatch,
+    #[error("cannot read: {0}")]
+    Io(std::io::Error),
+    #[error("incompatible with this engine: {0}")]
+    Incompatible(String),
+}
+
+/// The cache, bound to one engine's settings.
+#[derive(Debug, Clone)]
+pub struct ComponentCache {
+    writable: Option<PathBuf>,
+    baked: Option<PathBuf>,
+    engine_key: [u8; 32],
+}
+
+/// Adapts sha256 to [`std::hash::Hasher`] so the engine's compatibility hash
+/// can be folded into the cache key stably across processes.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        // Only `write` is used: the full digest is taken with `finalize`.
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl ComponentCache {
+    /// A cache for `engine` over the configured directories.
+    pub fn new(engine: &Engine, config: &CacheConfig) -> Self {
+        let mut hasher = Sha256Hasher(Sha256::new());
+        hasher.write(CACHE_FORMAT.as_bytes());
+        // Kiln's own code-shaping settings: generated code differs with them.
+        hasher.write(b"fuel=1;epoch=1;component-model=1");
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        Self {
+            writable: config.dir.clone(),
+            baked: config.baked_dir.clone(),
+            engine_key: hasher.0.finalize().into(),
+        }
+    }
+
+    /// The cache key of a `.wasm`: its sha256 combined with the engine's.
+    pub fn key(&self, wasm: &[u8]) -> String {
+        let mut h = Sha256::new();
+        h.update(self.engine_key);
+        h.update(Sha256::digest(wasm));
+        hex::encode(h.finalize())
+    }
+
+    /// Path of the `.cwasm` for `key` in `dir`.
+    pub fn entry_path(dir: &Path, key: &str) -> PathBuf {
+        dir.join(format!("{key}.cwasm"))
+    }
+
+    fn sidecar_path(cwasm: &Path) -> PathBuf {
+        let mut name = cwasm.as_os_str().to_owned();
+        name.push(".sha256");
+        PathBuf::from(name)
+    }
+
+    /// Loads `wasm` (read from `origin`) as a component: from the baked tier,
+    /// else the writable tier, else by compiling it and storing the result.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        origin: &Path,
+        wasm: &[u8],
+    ) -> Result<(Component, CacheState), String> {
+        let key = self.key(wasm);
+        let tiers = [
+            (self.baked.as_deref(), CacheState::Baked),
+            (self.writable.as_deref(), CacheState::Hit),
+        ];
+        for (dir, state) in tiers {
+            let Some(dir) = dir else { continue };
+            let path = Self::entry_path(dir, &key);
+            match load_entry(engine, &path) {
+                Ok(component) => {
+                    tracing::debug!(plugin = %origin.display(), cache = %path.display(), ?state, "component loaded from cache");
+                    return Ok((component, state));
+                }
+                Err(EntryError::Missing) => {}
+                Err(error) => {
+                    tracing::warn!(plugin = %origin.display(), cache = %path.display(), %error, "cache entry rejected, recompiling");
+                }
+            }
+        }
+
+        let started = std::time::Instant::now();
+        let cwasm = engine
+            .precompile_component(wasm)
+            .map_err(|e| format!("{e:#}"))?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let state = match self.store(&key, &cwasm) {
+            Ok(Some(path)) => {
+                tracing::info!(plugin = %origin.display(), cache = %path.display(), compile_ms, "component compiled and cached");
+                CacheState::Compiled
+            }
+            Ok(None) => CacheState::CompiledInMemory,
+            Err((path, error)) => {
+                tracing::warn!(plugin = %origin.display(), cache = %path.display(), %error, compile_ms, "cannot write the component cache, compiled in memory");
+                CacheState::CompiledInMemory
+            }
+        };
+        // SAFETY: these bytes were produced just now by this engine's
+        // `precompile_component`; they never left this process.
+        #[allow(unsafe_code)]
+        let component =
+            unsafe { Component::deserialize(engine, &cwasm) }.map_err(|e| format!("{e:#}"))?;
+        Ok((component, state))
+    }
+
+    /// Compiles `wasm` into `dir` (the baked tier at image build time, or
+    /// the writable one), unless a valid entry is already there.
+    pub fn precompile_into(
+        &self,
+        engine: &Engine,
+        dir: &Path,
+        wasm: &[u8],
+    ) -> Result<CacheEntry, String> {
+        let key = self.key(wasm);
+        let path = Self::entry_path(dir, &key);
+        if load_entry(engine, &path).is_ok() {
+            return Ok(CacheEntry {
+                path,
+                already_present: true,
+            });
+        }
+        let cwasm = engine
+            .precompile_component(wasm)
+            .map_err(|e| format!("{e:#}"))?;
+        write_entry(dir, &key, &cwasm).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(CacheEntry {
+            path,
+            already_present: false,
+        })
+    }
+
+    /// Stores a compiled entry in the writable tier, if there is one.
+    fn store(&self, key: &str, cwasm: &[u8]) -> Result<Option<PathBuf>, (PathBuf, std::io::Error)> {
+        let Some(dir) = self.writable.as_deref() else {
+            return Ok(None);
+        };
+        write_entry(dir, key, cwasm)
+            .map(Some)
+            .map_err(|e| (dir.to_path_buf(), e))
+    }
+}
+
+/// Verifies an entry's digest against its sidecar, then deserializes it.
+fn load_entry(engine: &Engine, path: &Path) -> Result<Component, EntryError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EntryError::Missing),
+        Err(e) => return Err(EntryError::Io(e)),
+    };
+    let expected = match std::fs::read_to_string(ComponentCache::sidecar_path(path)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EntryError::NoSidecar),
+        Err(e) => return Err(EntryError::Io(e)),
+    };
+    if expected.trim() != hex::encode(Sha256::digest(&bytes)) {
+        return Err(EntryError::DigestMismatch);
+    }
+    // SAFETY: the file's content matches the digest Kiln recorded when it
+    // wrote the entry with `precompile_component`, and entries are only ever
+    // replaced by an atomic rename, so this is a Kiln-written artifact. An
+    // artifact from another engine configuration is still rejected by
+    // wasmtime's own header check, which the `Err` arm below handles.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize_file(engine, path) };
+    loaded.map_err(|e| EntryError::Incompatible(format!("{e:#}")))
+}
+
+/// Writes `<key>.cwasm` and its sidecar atomically (temp file + rename).
+fn write_entry(dir: &Path, key: &str, cwasm: &[u8]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = ComponentCache::entry_path(dir, key);
+    let digest = hex::encode(Sha256::digest(cwasm));
+    atomic_write(dir, &path, cwasm)?;
+    atomic_write(dir, &ComponentCache::sidecar_path(&path), digest.as_bytes())?;
+    Ok(path)
+}
+
+fn atomic_write(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        crate::engine::build_engine(&crate::SandboxConfig::default()).unwrap()
+    }
+
+    const COMPONENT: &str = r#"(component (core module (func (export "f"))))"#;
+
+    fn cache(dir: &Path) -> ComponentCache {
+        ComponentCache::new(
+            &engine(),
+            &CacheConfig {
+                dir: Some(dir.to_path_buf()),
+                baked_dir: None,
+            },
+        )
+    }
+
+    #[test]
+    fn second_load_hits_and_corruption_recompiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = ComponentCache::new(
+            &engine,
+            &CacheConfig {
+                dir: Some(dir.path().to_path_buf()),
+                baked_dir: None,
+            },
+        );
+        let wasm = wat::parse_str(COMPONENT).unwrap();
+        let origin = Path::new("t.wasm");
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Compiled
+        );
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Hit
+        );
+
+        // Flip one byte: the digest no longer matches, so it is recompiled.
+        let path = ComponentCache::entry_path(dir.path(), &cache.key(&wasm));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Compiled
+        );
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Hit
+        );
+
+        // Truncate it: same.
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Compiled
+        );
+
+        // No sidecar: recompiled too.
+        std::fs::remove_file(ComponentCache::sidecar_path(&path)).unwrap();
+        assert_eq!(
+            cache.load(&engine, origin, &wasm).unwrap().1,
+            CacheState::Compiled
+        );
+    }
+
+    #[test]
+    fn entry_from_another_engine_config_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = cache(dir.path());
+        let wasm = wat::parse_str(COMPONENT).unwrap();
+        // Compiled by an engine without fuel, under this engine's key, with
+        // a valid digest: only wasmtime's own header check can catch it.
+        let mut other = wasmtime::Config::new();
+        other.consume_fuel(false).epoch_interruption(false);
+        let other = Engine::new(&other).unwrap();
+        let foreign = other.precompile_component(&wasm).unwrap();
+        write_entry(dir.path(), &cache.key(&wasm), &foreign).unwrap();
+        let (_, state) = cache.load(&engine, Path::new("t.wasm"), &wasm).unwrap();
+        assert_eq!(state, CacheState::Compiled);
+        assert_eq!(
+            cache.load(&engine, Path::new("t.wasm"), &wasm).unwrap().1,
+            CacheState::Hit
+        );
+    }
+
+    #[test]
+    fn key_depends_on_the_wasm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        assert_eq!(cache.key(b"a"), cache.key(b"a"));
+        assert_ne!(cache.key(b"a"), cache.key(b"b"));
+    }
+
+    #[test]
+    fn unwritable_dir_compiles_in_memory() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        // A regular file where the directory should be: every write fails.
+        let engine = engine();
+        let cache = ComponentCache::new(
+            &engine,
+            &CacheConfig {
+                dir: Some(file.path().join("sub")),
+                baked_dir: None,
+            },
+        );
+        let wasm = wat::parse_str(COMPONENT).unwrap();
+        let (_, state) = cache.load(&engine, Path::new("t.wasm"), &wasm).unwrap();
+        assert_eq!(state, CacheState::CompiledInMemory);
+    }
+}

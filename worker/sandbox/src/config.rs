@@ -1,0 +1,145 @@
+//! The sandbox's settings: per-job limits, the instance pool and the
+//! component cache. The worker's typed config embeds [`SandboxConfig`] as its
+//! `[sandbox]` section; every field has a default, so an empty section works.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the sandbox needs to know, with production defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Hard limits applied to every job.
+    pub limits: Limits,
+    /// The engine-wide pooling allocator.
+    pub pool: PoolConfig,
+    /// Where compiled components are kept between starts.
+    pub cache: CacheConfig,
+    /// Per-plugin config served through `get-config` after the job's own
+    /// config, keyed by plugin name. Default: empty.
+    pub plugin_config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Limits on every job. A job may ask for a shorter deadline, never a longer one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Fuel budget per job, in wasmtime fuel units (about one per wasm
+    /// instruction). Deterministic CPU bound; exhausting it gives
+    /// `fuel-exhausted`. Default: 10,000,000,000.
+    pub fuel: u64,
+    /// Cap on the total linear memory of one job's instance, in bytes, summed
+    /// over all of its memories. Hitting it gives `memory-limit`.
+    /// Default: 64 MiB.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline per job, in milliseconds, including instantiation.
+    /// Hitting it gives `timeout`. Default: 10,000 (10 s).
+    pub timeout_ms: u64,
+    /// Largest input accepted, in bytes (for a batch, the sum of its inputs).
+    /// Larger gives `payload-too-large`. Default: 4 MiB.
+    pub max_input_bytes: usize,
+    /// Largest output a plugin may return, in bytes (the serialized reply is
+    /// checked again, since JSON escaping can grow it). Larger gives
+    /// `output-too-large`. Default: 8 MiB.
+    pub max_output_bytes: usize,
+    /// Log lines a job may emit through `host-api.log`; later lines are
+    /// dropped with one marker line. Default: 1,000.
+    pub max_log_lines: u32,
+    /// Bytes of log text a job may emit through `host-api.log`; later lines
+    /// are dropped with one marker line. Default: 64 KiB.
+    pub max_log_bytes: usize,
+    /// Bytes of guest stdout and of guest stderr kept per job and forwarded
+    /// to the host log; the rest is dropped with a truncation marker.
+    /// Default: 16 KiB.
+    pub max_stdio_bytes: usize,
+    /// Maximum wasm call-stack size, in bytes. Deep recursion past it traps
+    /// with `stack-overflow`. Default: 512 KiB.
+    pub max_wasm_stack_bytes: usize,
+}
+
+impl Limits {
+    /// The job's deadline: its own request if shorter, else the configured one.
+    pub fn deadline_for(&self, requested_ms: Option<u64>) -> Duration {
+        let ms = requested_ms.map_or(self.timeout_ms, |r| r.min(self.timeout_ms));
+        Duration::from_millis(ms)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 10_000_000_000,
+            memory_bytes: 64 << 20,
+            timeout_ms: 10_000,
+            max_input_bytes: 4 << 20,
+            max_output_bytes: 8 << 20,
+            max_log_lines: 1_000,
+            max_log_bytes: 64 << 10,
+            max_stdio_bytes: 16 << 10,
+            max_wasm_stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// The pooling allocator, shared by every plugin in the process. It is sized
+/// up front, so its limits are also the worker's concurrency ceiling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Component instances alive at once (jobs in flight, plus plugin
+    /// validation at load). Beyond it a job fails with a retryable `internal`
+    /// error. Default: 128.
+    pub max_instances: u32,
+    /// Core instances one component may hold. Rust components hold a few;
+    /// adapted JS or Python components hold more. Default: 50.
+    pub max_core_instances_per_component: u32,
+    /// Linear memories one component may hold. Default: 8.
+    pub max_memories_per_component: u32,
+    /// Tables one component may hold. Default: 32.
+    pub max_tables_per_component: u32,
+    /// Elements per table. Interpreted runtimes (Python, JS) need large
+    /// tables. Default: 100,000.
+    pub max_table_elements: usize,
+    /// Bytes of each linear memory kept resident (zeroed with memset instead
+    /// of returned to the kernel) when a slot is reused. A little avoids the
+    /// page faults that dominate a short job's cost. Default: 128 KiB.
+    pub keep_resident_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 128,
+            max_core_instances_per_component: 50,
+            max_memories_per_component: 8,
+            max_tables_per_component: 32,
+            max_table_elements: 100_000,
+            keep_resident_bytes: 128 << 10,
+        }
+    }
+}
+
+/// The two-tier component cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Writable cache directory: components compiled here are reused by
+    /// later starts and by other workers sharing the directory. `None`
+    /// compiles in memory on every start. Default: `.kiln-cache`.
+    pub dir: Option<PathBuf>,
+    /// Read-only directory filled by `kiln precompile` at image build time,
+    /// consulted before `dir`. Default: none.
+    pub baked_dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            dir: Some(PathBuf::from(".kiln-cache")),
+            baked_dir: None,
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! A loaded plugin, and running one job in a fresh instance of it.
+//!
+//! Each plugin keeps an `InstancePre` (imports resolved once, at load). Each
+//! job gets a fresh `Store` with its own fuel, memory limiter, deadline and
+//! WASI context, so no state leaks from one job to the next; the store is
+//! dropped when the job ends and its pool slot is reused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Func, Instance, InstancePre, Linker};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+
+use crate::bindings::exports::kiln::plugin::{batch, plugin};
+use crate::bindings::kiln::plugin::types::{ErrorKind, ProcessError, ProcessResult};
+use crate::cache::CacheState;
+use crate::config::Limits;
+use crate::error::{JobFailure, LoadError, PluginErrorKind};
+use crate::host::{JobIdentity, JobState, MemoryCapReached};
+
+/// What a caller says about the job it runs.
+#[derive(Debug, Clone, Default)]
+pub struct JobContext {
+    /// The job's id, for logs.
+    pub job_id: Arc<str>,
+    /// The job's config, served first by `get-config`.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// A deadline the job asks for; it can only shorten the configured one.
+    pub timeout_ms: Option<u64>,
+}
+
+/// One successful transformation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The plugin's output text.
+    pub output: String,
+    /// The plugin's metadata, in the order it gave them.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The result of running a job, with what it cost.
+#[derive(Debug, Clone)]
+pub struct Run<T> {
+    /// What happened.
+    pub result: T,
+    /// Wall-clock time, including instantiation.
+    pub duration: Duration,
+    /// Fuel consumed, summed over every store the job used.
+    pub fuel_used: u64,
+}
+
+/// The result of a single-input job.
+pub type SingleRun = Run<Result<Output, JobFailure>>;
+/// The result of a batch job: one result per input, or a whole-batch failure.
+pub type BatchRun = Run<Result<Vec<Result<Output, JobFailure>>, JobFailure>>;
+
+/// A plugin ready to run jobs.
+pub struct Plugin {
+    name: String,
+    version: semver::Version,
+    path: PathBuf,
+    wasm_bytes: u64,
+    cache_state: CacheState,
+    pre: InstancePre<JobState>,
+    plugin_exports: plugin::GuestIndices,
+    batch_exports: Option<batch::GuestIndices>,
+    engine: Engine,
+    limits: Arc<Limits>,
+    plugin_config: Arc<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything needed to turn a compiled component into a [`Plugin`].
+pub(crate) struct Prepared<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) wasm_bytes: u64,
+    pub(crate) component: wasmtime::component::Component,
+    pub(crate) cache_state: CacheState,
+    pub(crate) linker: &'a Linker<JobState>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) plugin_configs: &'a BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Plugin {
+    /// Links the component against the host, checks it fits the world, and
+    /// asks it for its name and version (in a limited store, like any job).
+    pub(crate) async fn prepare(p: Prepared<'_>) -> Result<Self, LoadError> {
+        let world = |message: String| LoadError::World {
+            path: p.path.to_path_buf(),
+            message,
+        };
+        let identity = |message: String| LoadError::Identity {
+            path: p.path.to_path_buf(),
+            message,
+        };
+        let pre = p
+            .linker
+            .instantiate_pre(&p.component)
+            .map_err(|e| world(format!("{e:#}")))?;
+        let plugin_exports =
+            plugin::GuestIndices::new(&pre).map_err(|e| world(format!("{e:#}")))?;
+        let batch_exports = batch::GuestIndices::new(&pre).ok();
+
+        let engine = p.component.engine().clone();
+        let mut this = Self {
+            name: String::new(),
+            version: semver::Version::new(0, 0, 0),
+            path: p.path.to_path_buf(),
+            wasm_bytes: p.wasm_bytes,
+            cache_state: p.cache_state,
+            pre,
+            plugin_exports,
+            batch_exports,
+            engine,
+            limits: p.limits,
+            plugin_config: Arc::default(),
+        };
+
+        // Instantiate once: this type-checks every export and reads the identity.
+        let ctx = JobContext {
+            job_id: Arc::from("load"),
+            ..JobContext::default()
+        };
+        let (mut store, deadline) = this.new_store(&ctx);
+        let instance =
+            this.pre.instantiate_async(&mut store).await.map_err(|e| {
+                identity(classify(&store, e, deadline, this.limits.fuel).to_string())
+            })?;
+        // `load` type-checks the exports against the world; on a mismatch,
+        // name the export that is wrong.
+        let mismatch = |store: &mut Store<JobState>, e: wasmtime::Error| {
+            world(explain_mismatch(store, &instance).unwrap_or_else(|| format!("{e:#}")))
+        };
+        let guest = match this.plugin_exports.load(&mut store, &instance) {
+            Ok(guest) => guest,
+            Err(e) => return Err(mismatch(&mut store, e)),
+        };
+        if let Some(batch) = &this.batch_exports
+            && let Err(e) = batch.load(&mut store, &instance)
+        {
+            return Err(mismatch(&mut store, e));
+        }
+        let ident = async {
+            let name = guest.call_get_name(&mut store).await?;
+            let version = guest.call_get_version(&mut store).await?;
+            wasmtime::Result::<_>::Ok((name, version))
+        }
+        .await;
+        let (name, version) = ident
+            .map_err(|e| identity(classify(&store, e, deadline, this.limits.fuel).to_string()))?;
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(identity(format!(
+                "get-name returned {name:?}: expected 1 to 128 of [A-Za-z0-9._-]"
+            )));
+        }
+        this.version = semver::Version::parse(&version)
+            .map_err(|e| identity(format!("get-version returned {version:?}, not semver: {e}")))?;
+        this.plugin_config = Arc::new(p.plugin_configs.get(&name).cloned().unwrap_or_default());
+        this.name = name;
+        Ok(this)
+    }
+
+    /// The name the plugin reports; jobs address it by this name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version the plugin reports.
+    pub fn version(&self) -> &semver::Version {
+        &self.version
+    }
+
+    /// The `.wasm` file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the `.wasm`, in bytes.
+    pub fn wasm_bytes(&self) -> u64 {
+        self.wasm_bytes
+    }
+
+    /// Where the compiled component came from.
+    pub fn cache_state(&self) -> CacheState {
+        self.cache_state
+    }
+
+    /// Whether the plugin exports `batch`.
+    pub fn has_batch(&self) -> bool {
+        self.batch_exports.is_some()
+    }
+
+    /// A fresh store for one job, with every limit set.
+    fn new_store(&self, ctx: &JobContext) -> (Store<JobState>, Duration) {
+        let deadline = self.limits.deadline_for(ctx.timeout_ms);
+        let who = JobIdentity {
+            plugin: Arc::from(self.name.as_str()),
+            job_id: ctx.job_id.clone(),
+            job_config: ctx.config.clone(),
+            plugin_config: self.plugin_config.clone(),
+        };
+        let state = JobState::new(who, &self.limits, Instant::now() + deadline);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Fuel is enabled on the engine, so this cannot fail.
+        let _ = store.set_fuel(self.limits.fuel);
+        // Check the wall clock at every tick; until the deadline, yield to
+        // tokio so a spinning guest neither blocks other jobs nor overshoots.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                return Err(DeadlinePassed.into());
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        (store, deadline)
+    }
+
+    fn fuel_used(&self, store: &Store<JobState>) -> u64 {
+        self.limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0))
+    }
+
+    /// Runs `process` on one input in a fresh instance.
+    pub async fn process(&self, ctx: &JobContext, input: &str) -> SingleRun {
+        let started = Instant::now();
+        if input.len() > self.limits.max_input_bytes {
+            return Run {
+                result: Err(JobFailure::InputTooLarge {
+                    size: input.len(),
+                    limit: self.limits.max_input_bytes,
+                }),
+                duration: started.elapsed(),
+                fuel_used: 0,
+            };
+        }
+        let (mut store, deadline) = self.new_store(ctx);
+        let called = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let guest = self.plugin_exports.load(&mut store, &instance)?;
+            guest.call_process(&mut store, input).await
+        }
+        .await;
+        let result = self.finish(&store, called, deadline, |r| self.output(r));
+        store.data().forward_stdio();
+        Run {
+            result,
+            duration: started.elapsed(),
+            fuel_used: self.fuel_used(&store),
+        }
+    }
+
+    /// Runs a batch: through `process-batch` in one instance when the plugin
+    /// exports `batch` (the job's limits apply to that one call), otherwise
+    /// each input in its own fresh instance under the job's limits.
+    pub async fn process_batch(&self, ctx: &JobContext, inputs: &[String]) -> BatchRun {
+        let started = Instant::now();
+        let total: usize = inputs.iter().map(String::len).sum();
+        if total > self.limits.max_input_bytes {
+            return Run {
+                result: Err(JobFailure::InputTooLarge {
+                    size: total,
+                    limit: self.limits.max_input_bytes,
+                }),
+                duration: started.elapsed(),
+                fuel_used: 0,
+            };
+        }
+        let Some(batch_exports) = &self.batch_exports else {
+            let mut results = Vec::with_capacity(inputs.len());
+            let mut fuel_used = 0;
+            for input in inputs {
+                let run = self.process(ctx, input).await;
+                fuel_used += run.fuel_used;
+                results.push(run.result);
+            }
+            return Run {
+                result: Ok(results),
+                duration: started.elapsed(),
+                fuel_used,
+            };
+        };
+
+        let (mut store, deadline) = self.new_store(ctx);
+        let called = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let guest = batch_exports.load(&mut store, &instance)?;
+            guest.call_process_batch(&mut store, inputs).await
+        }
+        .await;
+        let result = self.finish(&store, called.map(Ok), deadline, |results: Vec<_>| {
+            if results.len() != inputs.len() {
+                return Err(JobFailure::Plugin {
+                    kind: PluginErrorKind::InternalError,
+                    message: format!(
+                        "process-batch returned {} results for {} inputs",
+                        results.len(),
+                        inputs.len()
+                    ),
+                });
+            }
+            let mut budget = self.limits.max_output_bytes;
+            Ok(results
+                .into_iter()
+                .map(|r| {
+                    let out = r.map_err(plugin_failure).and_then(|r| self.output(r))?;
+                    budget =
+                        budget
+                            .checked_sub(out.output.len())
+                            .ok_or(JobFailure::OutputTooLarge {
+                                size: out.output.len(),
+                                limit: self.limits.max_output_bytes,
+                            })?;
+                    Ok(out)
+                })
+                .collect())
+        });
+        store.data().forward_stdio();
+        Run {
+            result,
+            duration: started.elapsed(),
+            fuel_used: self.fuel_used(&store),
+        }
+    }
+
+    /// Turns what a call returned into the job's result. A refused memory
+    /// growth wins over whatever the guest made of it.
+    fn finish<R, T>(
+        &self,
+        store: &Store<JobState>,
+        called: wasmtime::Result<Result<R, ProcessError>>,
+        deadline: Duration,
+        ok: impl FnOnce(R) -> Result<T, JobFailure>,
+    ) -> Result<T, JobFailure> {
+        let limiter = &store.data().limiter;
+        if let Some(requested) = limiter.hit {
+            return Err(JobFailure::MemoryLimit {
+                requested,
+                cap: limiter.cap(),
+            });
+        }
+        match called {
+            Ok(Ok(r)) => ok(r),
+            Ok(Err(e)) => Err(plugin_failure(e)),
+            Err(e) => Err(classify(store, e, deadline, self.limits.fuel)),
+        }
+    }
+
+    fn output(&self, r: ProcessResult) -> Result<Output, JobFailure> {
+        let size = r.output.len()
+            + r.metadata
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len())
+                .sum::<usize>();
+        if size > self.limits.max_output_bytes {
+            return Err(JobFailure::OutputTooLarge {
+                size,
+                limit: self.limits.max_output_bytes,
+            });
+        }
+        Ok(Output {
+            output: r.output,
+            metadata: r
+                .metadata
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+        })
+    }
+}
+
+const PLUGIN_INTERFACE: &str = "kiln:plugin/plugin@0.1.0";
+const BATCH_INTERFACE: &str = "kiln:plugin/batch@0.1.0";
+
+/// Names the export whose type does not match the world, for load errors.
+fn explain_mismatch(store: &mut Store<JobState>, instance: &Instance) -> Option<String> {
+    fn func(
+        store: &mut Store<JobState>,
+        instance: &Instance,
+        iface: &str,
+        name: &str,
+    ) -> Option<Func> {
+        let iface = instance.get_export_index(&mut *store, None, iface)?;
+        let index = instance.get_export_index(&mut *store, Some(&iface), name)?;
+        instance.get_func(&mut *store, index)
+    }
+    let explain =
+        |iface: &str, name: &str, e: wasmtime::Error| format!("export `{name}` of {iface}: {e:#}");
+    for name in ["get-name", "get-version"] {
+        let f = func(store, instance, PLUGIN_INTERFACE, name)?;
+        if let Err(e) = f.typed::<(), (String,)>(&*store) {
+            return Some(explain(PLUGIN_INTERFACE, name, e));
+        }
+    }
+    let f = func(store, instance, PLUGIN_INTERFACE, "process")?;
+    if let Err(e) = f.typed::<(&str,), (Result<ProcessResult, ProcessError>,)>(&*store) {
+        return Some(explain(PLUGIN_INTERFACE, "process", e));
+    }
+    if let Some(f) = func(store, instance, BATCH_INTERFACE, "process-batch")
+        && let Err(e) =
+            f.typed::<(&[String],), (Vec<Result<ProcessResult, ProcessError>>,)>(&*store)
+    {
+        return Some(explain(BATCH_INTERFACE, "process-batch", e));
+    }
+    None
+}
+
+/// The error the epoch callback traps with once the deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline passed")]
+struct DeadlinePassed;
+
+fn plugin_failure(e: ProcessError) -> JobFailure {
+    JobFailure::Plugin {
+        kind: match e.kind {
+            ErrorKind::InvalidInput => PluginErrorKind::InvalidInput,
+            ErrorKind::UnsupportedFormat => PluginErrorKind::UnsupportedFormat,
+            ErrorKind::InternalError => PluginErrorKind::InternalError,
+        },
+        message: e.message,
+    }
+}
+
+/// Maps a wasmtime error from a job's store onto its typed failure.
+fn classify(
+    store: &Store<JobState>,
+    e: wasmtime::Error,
+    deadline: Duration,
+    fuel: u64,
+) -> JobFailure {
+    let limiter = &store.data().limiter;
+    if let Some(requested) = limiter.hit {
+        return JobFailure::MemoryLimit {
+            requested,
+            cap: limiter.cap(),
+        };
+    }
+    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    if e.downcast_ref::<DeadlinePassed>().is_some() {
+        return JobFailure::Timeout { deadline_ms };
+    }
+    if let Some(cap) = e.downcast_ref::<MemoryCapReached>() {
+        return JobFailure::MemoryLimit {
+            requested: cap.requested,
+            cap: cap.cap,
+        };
+    }
+    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return JobFailure::Internal(format!("instance pool exhausted: {e}"));
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::OutOfFuel => JobFailure::FuelExhausted { budget: fuel },
+            Trap::Interrupt => JobFailure::Timeout { deadline_ms },
+            other => {
+                let mut message = other.to_string();
+                if let Some(tail) = store.data().stderr.tail(3) {
+                    message.push_str("; guest stderr: ");
+                    message.push_str(truncate(&tail, 512));
+                }
+                JobFailure::Trap {
+                    code: trap_code(other),
+                    message,
+                }
+            }
+        };
+    }
+    let text = format!("{e:#}");
+    JobFailure::Trap {
+        code: "host".into(),
+        message: truncate(&text, 1024).to_owned(),
+    }
+}
+
+/// `StackOverflow` becomes `stack-overflow`, and so on.
+fn trap_code(trap: &Trap) -> String {
+    let name = match trap {
+        Trap::UnreachableCodeReached => return "unreachable".into(),
+        other => format!("{other:?}"),
+    };
+    let mut code = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                code.push('-');
+            }
+            code.push(c.to_ascii_lowercase());
+        } else {
+            code.push(c);
+        }
+    }
+    code
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_codes_are_kebab_case() {
+        for (trap, code) in [
+            (Trap::StackOverflow, "stack-overflow"),
+            (Trap::UnreachableCodeReached, "unreachable"),
+            (Trap::IntegerDivisionByZero, "integer-division-by-zero"),
+            (Trap::MemoryOutOfBounds, "memory-out-of-bounds"),
+        ] {
+            assert_eq!(trap_code(&trap), code);
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+}

@@ -1,0 +1,127 @@
+//! Plugin discovery: every `*.wasm` in a directory, loaded and checked, and
+//! looked up by name and semver requirement.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::LoadError;
+use crate::plugin::Plugin;
+
+/// The plugins that loaded, and the files that did not.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// By name; each list is sorted by version, highest first.
+    plugins: BTreeMap<String, Vec<Arc<Plugin>>>,
+    errors: Vec<LoadError>,
+}
+
+/// Why a job's plugin could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No plugin has that name.
+    #[error("no plugin named {name:?}")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+    },
+    /// Plugins of that name exist, but none matches the requirement.
+    #[error("no version of plugin {name:?} matches {requirement}; available: {}", available.join(", "))]
+    VersionMismatch {
+        /// The name asked for.
+        name: String,
+        /// The requirement.
+        requirement: String,
+        /// The versions that are loaded, highest first.
+        available: Vec<String>,
+    },
+}
+
+impl Registry {
+    /// Adds a plugin. A second file reporting the same `name@version` is a
+    /// load error naming both files; the first one keeps serving.
+    pub fn insert(&mut self, plugin: Plugin) {
+        let versions = self.plugins.entry(plugin.name().to_owned()).or_default();
+        if let Some(existing) = versions.iter().find(|p| p.version() == plugin.version()) {
+            self.errors.push(LoadError::Identity {
+                path: plugin.path().to_path_buf(),
+                message: format!(
+                    "{}@{} is already loaded from {}",
+                    plugin.name(),
+                    plugin.version(),
+                    existing.path().display()
+                ),
+            });
+            return;
+        }
+        versions.push(Arc::new(plugin));
+        versions.sort_by(|a, b| b.version().cmp(a.version()));
+    }
+
+    /// Records a file that failed to load.
+    pub fn push_error(&mut self, error: LoadError) {
+        self.errors.push(error);
+    }
+
+    /// The highest version of `name` matching `requirement` (any version if
+    /// there is none).
+    pub fn resolve(
+        &self,
+        name: &str,
+        requirement: Option<&semver::VersionReq>,
+    ) -> Result<&Arc<Plugin>, ResolveError> {
+        let versions = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| ResolveError::Unknown {
+                name: name.to_owned(),
+            })?;
+        let Some(req) = requirement else {
+            // Lists are never empty: an entry is created with its first plugin.
+            return versions.first().ok_or_else(|| ResolveError::Unknown {
+                name: name.to_owned(),
+            });
+        };
+        versions
+            .iter()
+            .find(|p| req.matches(p.version()))
+            .ok_or_else(|| ResolveError::VersionMismatch {
+                name: name.to_owned(),
+                requirement: req.to_string(),
+                available: versions.iter().map(|p| p.version().to_string()).collect(),
+            })
+    }
+
+    /// Every loaded plugin, by name then version (highest first).
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values().flatten()
+    }
+
+    /// The files that failed to load.
+    pub fn errors(&self) -> &[LoadError] {
+        &self.errors
+    }
+
+    /// Number of loaded plugins (all versions).
+    pub fn len(&self) -> usize {
+        self.plugins.values().map(Vec::len).sum()
+    }
+
+    /// Whether no plugin loaded.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+}
+
+/// The `*.wasm` files directly in `dir`, sorted by name.
+pub fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
