@@ -2,9 +2,13 @@
 //! same pipeline and outcome table as the broker consumer, with an
 //! in-process queue and bounded concurrency. No broker needed.
 //!
-//! Replies are written as JSONL in completion order (each carries its
-//! `job_id`). Retryable outcomes are retried after the policy's backoff
-//! without holding a concurrency slot; dead letters go to their own JSONL.
+//! A reader task hands out jobs in small chunks to `concurrency` worker
+//! tasks, and a writer task writes the replies as JSONL in completion order
+//! (each carries its `job_id`). Chunks keep the cross-thread wake-ups to a
+//! few per chunk instead of several per job: at tens of thousands of jobs a
+//! second the scheduler, not wasm, would otherwise be the cost. Retryable
+//! outcomes wait out the policy's backoff in a timer task, off the workers,
+//! and come back through a retry queue; dead letters go to their own JSONL.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,9 +16,19 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{Disposition, Envelope};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::pipeline::{Handled, Pipeline};
+
+/// Jobs handed to a worker at once. Small enough that a slow job delays few
+/// others, large enough to amortize the hand-off.
+const CHUNK: usize = 16;
+
+/// A job waiting for its next attempt.
+struct Pending {
+    body: Vec<u8>,
+    attempt: u32,
+}
 
 /// One finished job, for the writer.
 struct Done {
@@ -53,6 +67,16 @@ impl Summary {
     pub fn failed(&self) -> u64 {
         self.jobs - self.outcomes.get("ok").copied().unwrap_or(0)
     }
+
+    fn record(&mut self, done: &Done) {
+        self.jobs += 1;
+        self.retries += u64::from(done.attempts.saturating_sub(1));
+        let outcome = match done.handled.error {
+            Some(kind) => kind.as_str(),
+            None => done.handled.reply.status().as_str(),
+        };
+        *self.outcomes.entry(outcome.to_owned()).or_default() += 1;
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -77,8 +101,8 @@ impl std::fmt::Display for Summary {
 
 /// Reports progress as jobs finish (a bar on a terminal, lines otherwise).
 pub trait Progress: Send {
-    /// One more job answered.
-    fn inc(&mut self);
+    /// `n` more jobs answered.
+    fn inc(&mut self, n: u64);
     /// All done.
     fn finish(&mut self);
 }
@@ -106,56 +130,61 @@ where
     D: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (done_tx, mut done_rx) = mpsc::channel::<Done>(concurrency.max(1) * 64);
+    let workers = concurrency.max(1);
+    let (job_tx, job_rx) = async_channel::bounded::<Vec<Pending>>(workers * 2);
+    let (retry_tx, retry_rx) = async_channel::unbounded::<Pending>();
+    let (done_tx, mut done_rx) = mpsc::channel::<Vec<Done>>(workers * 4);
+    let (total_tx, mut total_rx) = oneshot::channel::<std::io::Result<u64>>();
     let Io {
         jobs,
         mut replies,
         mut dead,
     } = io;
 
-    let reader = {
-        let pipeline = pipeline.clone();
-        let slots = slots.clone();
-        async move {
-            let mut lines = jobs.split(b'\n');
-            while let Some(line) = lines.next_segment().await? {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let (pipeline, slots, done_tx) = (pipeline.clone(), slots.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    let done = attempt_until_final(&pipeline, &slots, permit, line).await;
-                    // The writer only goes away when the run is over.
-                    let _ = done_tx.send(done).await;
-                });
-            }
-            std::io::Result::Ok(())
-        }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(worker(
+            pipeline.clone(),
+            job_rx.clone(),
+            retry_rx.clone(),
+            retry_tx.clone(),
+            done_tx.clone(),
+        ));
+    }
+    drop(done_tx);
+
+    let reader = async move {
+        let read = read_chunks(jobs, &job_tx).await;
+        // The workers keep going while retries are pending; the writer
+        // knows when everything is answered.
+        let _ = total_tx.send(read);
     };
 
     let writer = async {
         let mut summary = Summary::default();
-        while let Some(done) = done_rx.recv().await {
-            replies.write_all(&done.handled.encoded).await?;
-            replies.write_all(b"\n").await?;
-            summary.jobs += 1;
-            summary.retries += u64::from(done.attempts.saturating_sub(1));
-            let outcome = match done.handled.error {
-                Some(kind) => kind.as_str().to_owned(),
-                None => done.handled.reply.status().as_str().to_owned(),
+        let mut total: Option<u64> = None;
+        while total.is_none_or(|t| summary.jobs < t) {
+            let batch = tokio::select! {
+                batch = done_rx.recv() => batch,
+                read = &mut total_rx, if total.is_none() => {
+                    total = Some(read.unwrap_or(Ok(0))?);
+                    continue;
+                }
             };
-            *summary.outcomes.entry(outcome).or_default() += 1;
-            if matches!(done.handled.disposition, Disposition::ReplyAndDeadLetter) {
-                summary.dead_lettered += 1;
-                let record = dead_letter(&done);
-                dead.write_all(&record).await?;
-                dead.write_all(b"\n").await?;
+            // Workers only stop once everything is answered, so a closed
+            // channel here means they are gone: stop rather than hang.
+            let Some(batch) = batch else { break };
+            for done in &batch {
+                replies.write_all(&done.handled.encoded).await?;
+                replies.write_all(b"\n").await?;
+                summary.record(done);
+                if matches!(done.handled.disposition, Disposition::ReplyAndDeadLetter) {
+                    summary.dead_lettered += 1;
+                    dead.write_all(&dead_letter(done)).await?;
+                    dead.write_all(b"\n").await?;
+                }
             }
-            progress.inc();
+            progress.inc(batch.len() as u64);
         }
         replies.flush().await?;
         dead.flush().await?;
@@ -163,53 +192,93 @@ where
         std::io::Result::Ok(summary)
     };
 
-    let (read, written) = tokio::join!(reader, writer);
-    read?;
+    let ((), written) = tokio::join!(reader, writer);
+    tasks.abort_all();
     let mut summary = written?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// Runs attempts until the outcome table says the job is answered. A retry
-/// gives its slot back while it waits out the backoff.
-async fn attempt_until_final(
-    pipeline: &Pipeline,
-    slots: &Arc<Semaphore>,
-    mut permit: tokio::sync::OwnedSemaphorePermit,
-    body: Vec<u8>,
-) -> Done {
-    let mut attempt = 1;
-    loop {
-        let handled = pipeline.handle(&body, &Envelope::default(), attempt).await;
-        match handled.disposition {
-            Disposition::Retry {
-                next_attempt,
-                delay,
-            } => {
-                tracing::warn!(job_id = %handled.job_id, attempt, ?delay, error = ?handled.error, "job will be retried");
-                drop(permit);
-                tokio::time::sleep(delay).await;
-                permit = match slots.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    // The semaphore is never closed; answer rather than hang.
-                    Err(_) => {
-                        return Done {
-                            handled,
-                            attempts: attempt,
-                            body,
-                        };
-                    }
-                };
-                attempt = next_attempt;
+/// Reads non-blank lines into chunks of [`CHUNK`]; returns how many jobs.
+async fn read_chunks<R>(
+    jobs: R,
+    job_tx: &async_channel::Sender<Vec<Pending>>,
+) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut lines = jobs.split(b'\n');
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut count = 0;
+    while let Some(line) = lines.next_segment().await? {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        count += 1;
+        chunk.push(Pending {
+            body: line,
+            attempt: 1,
+        });
+        if chunk.len() == CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if job_tx.send(full).await.is_err() {
+                break;
             }
-            Disposition::Reply | Disposition::ReplyAndDeadLetter => {
-                drop(permit);
-                return Done {
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = job_tx.send(chunk).await;
+    }
+    Ok(count)
+}
+
+/// Takes chunks (and retries, first) until the run ends, answering each job
+/// or scheduling its retry.
+async fn worker(
+    pipeline: Arc<Pipeline>,
+    jobs: async_channel::Receiver<Vec<Pending>>,
+    retries: async_channel::Receiver<Pending>,
+    retry_tx: async_channel::Sender<Pending>,
+    done_tx: mpsc::Sender<Vec<Done>>,
+) {
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            Ok(retry) = retries.recv() => vec![retry],
+            Ok(chunk) = jobs.recv() => chunk,
+            // Input is exhausted: wait for retries only.
+            Ok(retry) = retries.recv(), if jobs.is_closed() && jobs.is_empty() => vec![retry],
+            else => return,
+        };
+        let mut done = Vec::with_capacity(chunk.len());
+        for Pending { body, attempt } in chunk {
+            let handled = pipeline.handle(&body, &Envelope::default(), attempt).await;
+            match handled.disposition {
+                Disposition::Retry {
+                    next_attempt,
+                    delay,
+                } => {
+                    tracing::warn!(job_id = %handled.job_id, attempt, ?delay, error = ?handled.error, "job will be retried");
+                    let retry_tx = retry_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = retry_tx
+                            .send(Pending {
+                                body,
+                                attempt: next_attempt,
+                            })
+                            .await;
+                    });
+                }
+                Disposition::Reply | Disposition::ReplyAndDeadLetter => done.push(Done {
                     handled,
                     attempts: attempt,
                     body,
-                };
+                }),
             }
+        }
+        if !done.is_empty() && done_tx.send(done).await.is_err() {
+            return;
         }
     }
 }
@@ -252,8 +321,8 @@ impl PlainProgress {
 }
 
 impl Progress for PlainProgress {
-    fn inc(&mut self) {
-        self.done += 1;
+    fn inc(&mut self, n: u64) {
+        self.done += n;
         if self.last.elapsed() >= self.every {
             self.last = Instant::now();
             let rate = self.done as f64 / self.started.elapsed().as_secs_f64();
@@ -288,8 +357,8 @@ impl Default for BarProgress {
 }
 
 impl Progress for BarProgress {
-    fn inc(&mut self) {
-        self.0.inc(1);
+    fn inc(&mut self, n: u64) {
+        self.0.inc(n);
     }
     fn finish(&mut self) {
         self.0.finish_and_clear();
@@ -301,6 +370,6 @@ impl Progress for BarProgress {
 pub struct NoProgress;
 
 impl Progress for NoProgress {
-    fn inc(&mut self) {}
+    fn inc(&mut self, _: u64) {}
     fn finish(&mut self) {}
 }
