@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_integration_tests::{ctx, load, sandbox};
-use kiln_sandbox::{JobFailure, Limits, Sandbox};
+use kiln_sandbox::{JobFailure, Limits, Plugin, Sandbox};
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Scheduling slack allowed past a deadline on a loaded 2-core machine.
@@ -33,8 +33,11 @@ fn limits() -> Limits {
     }
 }
 
-/// After a hostile job, a normal one in the same sandbox still works.
-async fn next_job_succeeds(sandbox: &Sandbox) {
+/// After a hostile job, the same plugin serves the next job (hostile
+/// plugins answer the input `benign` normally), and so do the others.
+async fn next_job_succeeds(sandbox: &Sandbox, hostile: &Plugin) {
+    let run = hostile.process(&ctx("next", &[]), "benign").await;
+    assert_eq!(run.result.unwrap().output, "benign", "{}", hostile.name());
     let up = load(sandbox, "uppercase").await;
     let run = up.process(&ctx("after", &[]), "still alive").await;
     assert_eq!(run.result.unwrap().output, "STILL ALIVE");
@@ -57,7 +60,7 @@ async fn infinite_loop_times_out() {
         "{:?}",
         run.duration
     );
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &spin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +107,7 @@ async fn eight_spinning_jobs_all_stop_on_time() {
         );
     }
     assert!(started.elapsed() < Duration::from_millis(100) + SLACK * 2);
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &spin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +154,7 @@ async fn fuel_runs_out() {
         Err(JobFailure::FuelExhausted { budget: 50_000_000 })
     );
     assert_eq!(run.fuel_used, 50_000_000);
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &spin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,7 +170,7 @@ async fn memory_bomb_is_a_memory_limit_not_a_trap() {
         }
         other => panic!("expected memory-limit, got {other:?}"),
     }
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &bomb).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,7 +183,7 @@ async fn unbounded_recursion_traps_with_stack_overflow() {
         Err(JobFailure::Trap { code, .. }) => assert_eq!(code, "stack-overflow"),
         other => panic!("expected a stack-overflow trap, got {other:?}"),
     }
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &rec).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,7 +199,7 @@ async fn panic_traps_with_the_guest_message() {
         }
         other => panic!("expected a trap, got {other:?}"),
     }
-    next_job_succeeds(&sandbox).await;
+    next_job_succeeds(&sandbox, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,26 +241,56 @@ async fn input_over_the_limit_is_refused_before_running() {
     assert_eq!(run.fuel_used, 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
+/// Collects formatted log output in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A current-thread runtime, so the thread-local log capture sees the job.
+#[tokio::test(flavor = "current_thread")]
 async fn log_flood_is_bounded_and_the_job_succeeds() {
     let _serial = serial().await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
     let sandbox = sandbox(Limits {
         timeout_ms: 10_000,
         ..limits()
     });
     let flood = load(&sandbox, "hostile-logflood").await;
     let started = Instant::now();
-    let run = flood
-        .process(&ctx("flood", &[("lines", "200000")]), "x")
-        .await;
+    let run = flood.process(&ctx("flood", &[("lines", "200000")]), "x").await;
     assert_eq!(run.result.unwrap().output, "done");
     // Dropped lines cost almost nothing: 200k log calls plus 400k stdio
     // lines finish well inside the deadline.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let plugin_lines = text.lines().filter(|l| l.contains("kiln::plugin")).count();
+    let markers = text.lines().filter(|l| l.contains("log budget exhausted")).count();
+    let truncated = text.lines().filter(|l| l.contains("guest output truncated")).count();
+    assert_eq!(markers, 1, "one marker for the host log");
+    assert_eq!(truncated, 2, "one marker each for stdout and stderr");
+    // At most 1,000 log lines or 64 KiB of them (about 650 lines of 100
+    // bytes), plus what 16 KiB of stdout and of stderr hold.
+    let limits = Limits::default();
+    let most = limits.max_log_lines as usize + 2 * limits.max_stdio_bytes / 20 + 3;
+    assert!((500..most).contains(&plugin_lines), "{plugin_lines} lines");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 //! `hostile-panic`: a plugin whose `process` panics.
 //!
-//! It exists for the host's tests: a Rust panic in a component becomes a wasm
+//! It exists for the host's tests (the input `benign` returns `benign`, so a
+//! test can show the same plugin still serves the next job): a Rust panic in a component becomes a wasm
 //! trap (the release profile aborts on panic), and the host must report it as
 //! a failed job, not crash. The panic message goes to the plugin's stderr,
 //! which the host may capture or discard.
@@ -23,7 +24,14 @@ impl Guest for HostilePanic {
         "1.0.0".to_string()
     }
 
-    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+    fn process(input: String) -> Result<ProcessResult, ProcessError> {
+        // `benign` lets a test show the same plugin serves the next job.
+        if input == "benign" {
+            return Ok(ProcessResult {
+                output: input,
+                metadata: Vec::new(),
+            });
+        }
         panic!("plugin panicked on purpose");
     }
 }

@@ -1,6 +1,7 @@
 //! `hostile-recurse`: a plugin whose `process` recurses without bound.
 //!
-//! It exists for the host's tests: the host must turn a stack overflow into a
+//! It exists for the host's tests (the input `benign` returns `benign`, so a
+//! test can show the same plugin still serves the next job): the host must turn a stack overflow into a
 //! trap for this one call and stay healthy. The recursion is not a tail call
 //! (the result is used after the call returns) and `black_box` hides both the
 //! depth and the exit condition, so the optimizer can turn it neither into a
@@ -35,7 +36,14 @@ impl Guest for HostileRecurse {
         "1.0.0".to_string()
     }
 
-    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+    fn process(input: String) -> Result<ProcessResult, ProcessError> {
+        // `benign` lets a test show the same plugin serves the next job.
+        if input == "benign" {
+            return Ok(ProcessResult {
+                output: input,
+                metadata: Vec::new(),
+            });
+        }
         let depth = dive(0);
         Ok(ProcessResult {
             output: depth.to_string(),

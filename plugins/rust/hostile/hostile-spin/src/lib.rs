@@ -1,6 +1,7 @@
 //! `hostile-spin`: a plugin whose `process` never returns.
 //!
-//! It exists for the host's tests: the host must cut a runaway plugin off
+//! It exists for the host's tests (the input `benign` returns `benign`, so a
+//! test can show the same plugin still serves the next job): the host must cut a runaway plugin off
 //! (by its deadline, fuel or epoch interruption) instead of hanging a worker.
 //! `black_box` keeps the optimizer from proving the loop side-effect free and
 //! deleting it.
@@ -24,7 +25,14 @@ impl Guest for HostileSpin {
         "1.0.0".to_string()
     }
 
-    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+    fn process(input: String) -> Result<ProcessResult, ProcessError> {
+        // `benign` lets a test show the same plugin serves the next job.
+        if input == "benign" {
+            return Ok(ProcessResult {
+                output: input,
+                metadata: Vec::new(),
+            });
+        }
         let mut counter: u64 = 0;
         loop {
             counter = counter.wrapping_add(1);
