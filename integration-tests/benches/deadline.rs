@@ -41,7 +41,9 @@ fn main() {
                 let jobs: Vec<_> = (0..concurrent)
                     .map(|i| {
                         let spin = spin.clone();
-                        tokio::spawn(async move { spin.process(&ctx(&format!("r{round}-{i}"), &[]), "x").await })
+                        tokio::spawn(async move {
+                            spin.process(&ctx(&format!("r{round}-{i}"), &[]), "x").await
+                        })
                     })
                     .collect();
                 let mut runs = Vec::new();
@@ -51,8 +53,16 @@ fn main() {
                 runs
             });
             for run in runs {
-                assert_eq!(run.result, Err(JobFailure::Timeout { deadline_ms: DEADLINE_MS }));
-                overshoots.push(run.duration.saturating_sub(Duration::from_millis(DEADLINE_MS)));
+                assert_eq!(
+                    run.result,
+                    Err(JobFailure::Timeout {
+                        deadline_ms: DEADLINE_MS
+                    })
+                );
+                overshoots.push(
+                    run.duration
+                        .saturating_sub(Duration::from_millis(DEADLINE_MS)),
+                );
             }
         }
         overshoots.sort();

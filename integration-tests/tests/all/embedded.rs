@@ -25,9 +25,13 @@ async fn retries_then_dead_letter_and_every_job_answered_once() {
 
     let mut jobs = String::new();
     for i in 0..200 {
-        jobs.push_str(&format!("{{\"job_id\":\"u{i}\",\"plugin\":\"uppercase\",\"input\":\"x\"}}\n"));
+        jobs.push_str(&format!(
+            "{{\"job_id\":\"u{i}\",\"plugin\":\"uppercase\",\"input\":\"x\"}}\n"
+        ));
         if i % 50 == 0 {
-            jobs.push_str(&format!("{{\"job_id\":\"s{i}\",\"plugin\":\"hostile-spin\",\"input\":\"x\"}}\n"));
+            jobs.push_str(&format!(
+                "{{\"job_id\":\"s{i}\",\"plugin\":\"hostile-spin\",\"input\":\"x\"}}\n"
+            ));
         }
     }
     let (mut replies, mut dead) = (Vec::new(), Vec::new());
@@ -50,7 +54,10 @@ async fn retries_then_dead_letter_and_every_job_answered_once() {
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
-    let mut ids: Vec<_> = replies.iter().map(|r| r["job_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<_> = replies
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 204, "every job answered exactly once");
@@ -60,5 +67,8 @@ async fn retries_then_dead_letter_and_every_job_answered_once() {
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
     assert_eq!(dead.len(), 4);
-    assert!(dead.iter().all(|d| d["attempts"] == 3 && d["error"]["kind"] == "timeout"));
+    assert!(
+        dead.iter()
+            .all(|d| d["attempts"] == 3 && d["error"]["kind"] == "timeout")
+    );
 }

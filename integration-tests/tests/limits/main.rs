@@ -274,16 +274,28 @@ async fn log_flood_is_bounded_and_the_job_succeeds() {
     });
     let flood = load(&sandbox, "hostile-logflood").await;
     let started = Instant::now();
-    let run = flood.process(&ctx("flood", &[("lines", "200000")]), "x").await;
+    let run = flood
+        .process(&ctx("flood", &[("lines", "200000")]), "x")
+        .await;
     assert_eq!(run.result.unwrap().output, "done");
     // Dropped lines cost almost nothing: 200k log calls plus 400k stdio
     // lines finish well inside the deadline.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let plugin_lines = text.lines().filter(|l| l.contains("kiln::plugin")).count();
-    let markers = text.lines().filter(|l| l.contains("log budget exhausted")).count();
-    let truncated = text.lines().filter(|l| l.contains("guest output truncated")).count();
+    let markers = text
+        .lines()
+        .filter(|l| l.contains("log budget exhausted"))
+        .count();
+    let truncated = text
+        .lines()
+        .filter(|l| l.contains("guest output truncated"))
+        .count();
     assert_eq!(markers, 1, "one marker for the host log");
     assert_eq!(truncated, 2, "one marker each for stdout and stderr");
     // At most 1,000 log lines or 64 KiB of them (about 650 lines of 100
