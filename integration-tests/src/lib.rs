@@ -1,7 +1,7 @@
 //! Shared helpers for Kiln's integration tests and benchmarks: where the
 //! built plugins are, and sandboxes with test limits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_sandbox::{CacheConfig, JobContext, Limits, Plugin, Sandbox, SandboxConfig};
@@ -70,23 +70,4 @@ pub fn plugin_dir(crate_names: &[&str]) -> tempfile::TempDir {
         std::fs::copy(&from, &to).expect("copy plugin");
     }
     dir
-}
-
-/// The `kiln` binary next to the test executable (built by
-/// `cargo test --workspace`).
-#[allow(clippy::expect_used)]
-pub fn kiln_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/all-<hash> -> target/<profile>/kiln
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("kiln"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }

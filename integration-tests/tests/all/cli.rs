@@ -4,8 +4,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use kiln_integration_tests::{kiln_bin, plugin_dir};
+use kiln_integration_tests::plugin_dir;
 use serde_json::Value;
+
+/// The `kiln` command line (built by cargo for this package's tests).
+fn kiln_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiln-under-test")
+}
 
 fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
     Command::new(kiln_bin())

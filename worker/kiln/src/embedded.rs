@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{Disposition, Envelope};
+use kiln_protocol::{Disposition, Envelope, Handled};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::{Handled, Pipeline};
+use crate::pipeline::Pipeline;
 
 /// Jobs handed to a worker at once. Small enough that a slow job delays few
 /// others, large enough to amortize the hand-off.

@@ -2,6 +2,7 @@
 //! to the sandbox, and the embedded runner. The `kiln` binary is a thin CLI
 //! over this library.
 
+pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod pipeline;

@@ -9,25 +9,10 @@
 use std::sync::Arc;
 
 use kiln_protocol::{
-    DecodeLimits, Disposition, Envelope, ErrorKind, ItemOk, Job, JobError, Payload, Reply,
-    ReplyBody, RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
+    DecodeLimits, Envelope, ErrorKind, Handled, ItemOk, Job, JobError, Payload, Reply, ReplyBody,
+    RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
 };
 use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
-
-/// What became of one attempt at a job.
-#[derive(Debug)]
-pub struct Handled {
-    /// The job's id (filled in deterministically when the record had none).
-    pub job_id: String,
-    /// The reply record.
-    pub reply: Reply,
-    /// The reply, serialized and size-checked, ready to publish or write.
-    pub encoded: Vec<u8>,
-    /// The whole job's error kind, if it failed.
-    pub error: Option<ErrorKind>,
-    /// What the outcome table says to do now.
-    pub disposition: Disposition,
-}
 
 /// Decodes, runs and answers jobs against a fixed set of plugins.
 #[derive(Debug)]

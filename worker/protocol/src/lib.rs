@@ -14,7 +14,8 @@ pub use outcome::{
     Action, Disposition, ErrorKind, JobError, RetryPolicy, Source, UnknownErrorKind, disposition,
 };
 pub use reply::{
-    ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply, encode_reply_checked,
+    Handled, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,
+    encode_reply_checked,
 };
 
 #[cfg(test)]

@@ -399,6 +399,21 @@ pub fn encode_reply_checked(reply: &Reply, max_reply_bytes: usize) -> (Vec<u8>, 
     )
 }
 
+/// What became of one attempt at a job.
+#[derive(Debug)]
+pub struct Handled {
+    /// The job's id (filled in deterministically when the record had none).
+    pub job_id: String,
+    /// The reply record.
+    pub reply: Reply,
+    /// The reply, serialized and size-checked, ready to publish or write.
+    pub encoded: Vec<u8>,
+    /// The whole job's error kind, if it failed.
+    pub error: Option<crate::ErrorKind>,
+    /// What the outcome table says to do now.
+    pub disposition: crate::Disposition,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

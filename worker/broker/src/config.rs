@@ -1,0 +1,118 @@
+//! The `[amqp]` section of the worker config.
+
+use serde::{Deserialize, Serialize};
+
+/// How Kiln talks to RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// The broker URL. Its password never appears in logs (see
+    /// [`AmqpConfig::redacted_url`]). Default:
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// The jobs queue. Every other name derives from it: `<queue>.dead`,
+    /// `<queue>.retry.<n>`, `<queue>.results`. Default: `kiln.jobs`.
+    pub queue: String,
+    /// The type of the jobs, dead-letter and results queues. Default: `quorum`.
+    pub queue_type: QueueType,
+    /// Deliveries the broker sends before waiting for acks (`basic.qos`).
+    /// Higher keeps workers busy across network round trips; lower spreads
+    /// jobs over more workers. Keep `prefetch × deadline` well under the
+    /// broker's 30-minute `consumer_timeout`. Default: 64.
+    pub prefetch: u16,
+    /// The quorum queue's `x-delivery-limit`: deliveries (including the
+    /// redeliveries that kills and reconnects cause) after which the broker
+    /// dead-letters a job itself. Kiln gives up and replies one delivery
+    /// before that. Must be well above `pipeline.max_attempts`. Default: 20.
+    pub delivery_limit: u32,
+    /// The connection name shown by `rabbitmqctl list_connections`.
+    /// Default: `kiln-worker-<pid>`.
+    pub connection_name: Option<String>,
+    /// First delay before reconnecting, in milliseconds; it doubles up to
+    /// `reconnect_max_ms`. Default: 500.
+    pub reconnect_initial_ms: u64,
+    /// Longest delay between reconnect attempts, in milliseconds. Default: 10,000.
+    pub reconnect_max_ms: u64,
+    /// A consumer that delivers nothing for this long, in milliseconds,
+    /// while its queue holds ready messages and a job slot is free, is
+    /// treated as dead and the connection is rebuilt. Default: 15,000.
+    pub stall_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight jobs may run before they are
+    /// requeued, in milliseconds. Default: 30,000.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue: "kiln.jobs".into(),
+            queue_type: QueueType::Quorum,
+            prefetch: 64,
+            delivery_limit: 20,
+            connection_name: None,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 10_000,
+            stall_timeout_ms: 15_000,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// The URL with its password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// The connection name to announce to the broker.
+    pub fn connection_name(&self) -> String {
+        self.connection_name
+            .clone()
+            .unwrap_or_else(|| format!("kiln-worker-{}", std::process::id()))
+    }
+}
+
+/// Replaces the password of an AMQP URL with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The kind of durable queue for jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, with a delivery limit and at-least-once dead-lettering.
+    Quorum,
+    /// A classic durable queue.
+    Classic,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (url, expected) in [
+            (
+                "amqp://guest:secret@host:5672/%2f",
+                "amqp://guest:***@host:5672/%2f",
+            ),
+            ("amqp://host:5672", "amqp://host:5672"),
+            ("amqp://user@host", "amqp://user@host"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact(url), expected);
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The at-least-once consumer: one supervised connection, bounded
+//! concurrency, reply-then-ack, retries through delay queues, dead letters
+//! with the reason, reconnects, and a graceful drain.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kiln_protocol::{Disposition, Envelope, Handled};
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::{Semaphore, watch};
+
+use crate::BrokerError;
+use crate::config::AmqpConfig;
+use crate::publisher::{Published, Publisher};
+use crate::topology::Topology;
+
+/// Header carrying the 1-based attempt number of a retried job.
+pub const ATTEMPT_HEADER: &str = "x-kiln-attempt";
+/// Header carrying the error kind of a dead letter.
+pub const ERROR_KIND_HEADER: &str = "x-kiln-error-kind";
+/// Header carrying the error message of a dead letter.
+pub const ERROR_MESSAGE_HEADER: &str = "x-kiln-error-message";
+
+/// Runs one job: whoever joins the broker to the sandbox implements this.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Handles attempt `attempt` (1-based) of the job in `body`.
+    fn handle(
+        &self,
+        body: &[u8],
+        envelope: &Envelope<'_>,
+        attempt: u32,
+    ) -> impl Future<Output = Handled> + Send;
+}
+
+/// Counters and state the worker exposes (readiness, metrics).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Jobs acked after their reply (or retry, or dead letter) was confirmed.
+    pub acked: std::sync::atomic::AtomicU64,
+    /// Retries scheduled.
+    pub retried: std::sync::atomic::AtomicU64,
+    /// Jobs dead-lettered.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Replies the broker returned as unroutable.
+    pub unroutable_replies: std::sync::atomic::AtomicU64,
+    /// Reconnections after a lost connection or consumer.
+    pub reconnects: std::sync::atomic::AtomicU64,
+}
+
+/// The consumer side of `kiln worker`.
+pub struct Worker<H> {
+    config: AmqpConfig,
+    topology: Topology,
+    handler: Arc<H>,
+    concurrency: usize,
+    ready: watch::Sender<bool>,
+    stats: Arc<WorkerStats>,
+}
+
+/// Why a session with the broker ended.
+enum SessionEnd {
+    /// Shutdown was requested and the drain is complete.
+    Drained,
+    /// The connection, channel or consumer was lost.
+    Lost(String),
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+impl<H: JobHandler> Worker<H> {
+    /// A worker for `topology`, running at most `concurrency` jobs at once.
+    pub fn new(
+        config: AmqpConfig,
+        topology: Topology,
+        handler: Arc<H>,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            config,
+            topology,
+            handler,
+            concurrency: concurrency.max(1),
+            ready: watch::Sender::new(false),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Readiness: connected, consuming, and not draining.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` resolves, reconnecting with backoff
+    /// whenever the connection, channel or consumer is lost; then drains.
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        let mut delay = Duration::from_millis(self.config.reconnect_initial_ms);
+        let max = Duration::from_millis(self.config.reconnect_max_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.session(shutdown.clone()).await {
+                SessionEnd::Drained => return,
+                SessionEnd::Lost(error) => {
+                    self.ready.send_replace(false);
+                    self.stats.reconnects.fetch_add(1, Relaxed);
+                    // A session that ran a while resets the backoff.
+                    if started.elapsed() > max {
+                        delay = Duration::from_millis(self.config.reconnect_initial_ms);
+                    }
+                    tracing::warn!(url = %self.config.redacted_url(), %error, retry_in = ?delay, "broker session lost, reconnecting");
+                    let mut stop = shutdown.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+    }
+
+    async fn session(&self, mut shutdown: watch::Receiver<bool>) -> SessionEnd {
+        let name = self.config.connection_name();
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.clone().into_bytes()));
+        let conn = match Connection::connect(&self.config.url, props).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("cannot connect: {e}")),
+        };
+        let setup = async {
+            let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
+            self.topology.declare(&consume).await?;
+            consume
+                .basic_qos(self.config.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(BrokerError::Channel)?;
+            let publisher =
+                Publisher::start(conn.create_channel().await.map_err(BrokerError::Channel)?)
+                    .await?;
+            let probe = conn.create_channel().await.map_err(BrokerError::Channel)?;
+            let consumer = consume
+                .basic_consume(
+                    ShortString::from(self.topology.jobs.clone()),
+                    ShortString::from(name.clone()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BrokerError::Channel)?;
+            Ok::<_, BrokerError>((consume, publisher, probe, consumer))
+        };
+        let (consume, publisher, probe, mut consumer) = match setup.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = conn.close(200, ShortString::from("setup failed")).await;
+                return SessionEnd::Lost(e.to_string());
+            }
+        };
+        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "consuming");
+        self.ready.send_replace(true);
+
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let inflight: Arc<Mutex<HashMap<u64, Acker>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        let mut last_delivery = Instant::now();
+        let mut watchdog = tokio::time::interval(stall.max(Duration::from_millis(100)) / 2);
+
+        // A second receiver for waits nested inside the loop's own select.
+        let mut stop = shutdown.clone();
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break None,
+                // Reap finished jobs so the set does not grow.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                next = consumer.next() => {
+                    let delivery = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => break Some(format!("consumer error: {e}")),
+                        None => break Some("consumer cancelled by the broker".to_owned()),
+                    };
+                    last_delivery = Instant::now();
+                    let permit = tokio::select! {
+                        p = slots.clone().acquire_owned() => p,
+                        _ = stop.wait_for(|s| *s) => {
+                            requeue(&delivery.acker).await;
+                            break None;
+                        }
+                    };
+                    let Ok(permit) = permit else { break None };
+                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery.delivery_tag, delivery.acker.clone());
+                    let job = Job {
+                        handler: self.handler.clone(),
+                        publisher: publisher.clone(),
+                        topology: self.topology.clone(),
+                        stats: self.stats.clone(),
+                        delivery_limit: self.config.delivery_limit,
+                    };
+                    let inflight = inflight.clone();
+                    tasks.spawn(async move {
+                        let tag = delivery.delivery_tag;
+                        job.process(delivery).await;
+                        inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
+                        drop(permit);
+                    });
+                }
+                _ = watchdog.tick() => {
+                    if last_delivery.elapsed() >= stall && slots.available_permits() > 0 {
+                        match probe
+                            .queue_declare(ShortString::from(self.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
+                            .await
+                        {
+                            Ok(q) if q.message_count() > 0 => break Some(format!("consumer stalled: {} ready messages, none delivered for {stall:?}", q.message_count())),
+                            Ok(_) => last_delivery = Instant::now(),
+                            Err(e) => break Some(format!("queue probe failed: {e}")),
+                        }
+                    }
+                }
+            }
+        };
+
+        match end {
+            Some(lost) => {
+                // Unacked deliveries are requeued by the broker when the
+                // channel goes; in-flight jobs finish but cannot ack.
+                tasks.abort_all();
+                let _ = conn.close(200, ShortString::from("reconnecting")).await;
+                SessionEnd::Lost(lost)
+            }
+            None => {
+                self.ready.send_replace(false);
+                self.drain(&consume, &mut consumer, tasks, &inflight, &name)
+                    .await;
+                let _ = consume.close(200, ShortString::from("shutdown")).await;
+                let _ = conn.close(200, ShortString::from("shutdown")).await;
+                SessionEnd::Drained
+            }
+        }
+    }
+
+    /// Graceful drain: cancel the consumer, requeue what was prefetched but
+    /// not started, let in-flight jobs finish (reply and ack) within the
+    /// shutdown timeout, and requeue whatever is still unfinished.
+    async fn drain(
+        &self,
+        channel: &lapin::Channel,
+        consumer: &mut lapin::Consumer,
+        mut tasks: tokio::task::JoinSet<()>,
+        inflight: &Mutex<HashMap<u64, Acker>>,
+        tag: &str,
+    ) {
+        tracing::info!(in_flight = tasks.len(), "draining");
+        if let Err(error) = channel
+            .basic_cancel(
+                ShortString::from(tag.to_owned()),
+                BasicCancelOptions::default(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "cannot cancel the consumer");
+        }
+        // Deliveries already buffered were never started: requeue at once.
+        let mut requeued = 0;
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+        {
+            requeue(&delivery.acker).await;
+            requeued += 1;
+        }
+        let timeout = Duration::from_millis(self.config.shutdown_timeout_ms);
+        let finished = tokio::time::timeout(timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        let mut unfinished = 0;
+        if finished.is_err() {
+            tasks.abort_all();
+            let left: Vec<Acker> = inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, a)| a)
+                .collect();
+            unfinished = left.len();
+            for acker in left {
+                requeue(&acker).await;
+            }
+        }
+        tracing::info!(
+            requeued_unstarted = requeued,
+            requeued_unfinished = unfinished,
+            "drained"
+        );
+    }
+}
+
+async fn requeue(acker: &Acker) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = acker.nack(options).await {
+        tracing::warn!(%error, "cannot requeue a delivery; the broker will when the channel closes");
+    }
+}
+
+/// What one delivery's task needs.
+struct Job<H> {
+    handler: Arc<H>,
+    publisher: Publisher,
+    topology: Topology,
+    stats: Arc<WorkerStats>,
+    delivery_limit: u32,
+}
+
+impl<H: JobHandler> Job<H> {
+    async fn process(self, delivery: Delivery) {
+        let props = &delivery.properties;
+        let message_id = props.message_id().as_ref().map(ShortString::as_str);
+        let correlation_id = props.correlation_id().as_ref().map(ShortString::as_str);
+        let envelope = Envelope {
+            message_id,
+            correlation_id,
+        };
+        let attempt = header_u32(props.headers().as_ref(), ATTEMPT_HEADER)
+            .unwrap_or(1)
+            .max(1);
+        let redeliveries = header_u32(props.headers().as_ref(), "x-delivery-count").unwrap_or(0);
+
+        let handled = if redeliveries + 1 >= self.delivery_limit {
+            // The broker would dead-letter it silently on the next delivery:
+            // answer and dead-letter it ourselves, with the reason.
+            poison(&delivery.data, &envelope, redeliveries)
+        } else {
+            self.handler
+                .handle(&delivery.data, &envelope, attempt)
+                .await
+        };
+        let span =
+            tracing::info_span!("job", job_id = %handled.job_id, attempt, outcome = ?handled.error);
+        let _enter = span.enter();
+        let settled = self.settle(&delivery, &handled, attempt).await;
+        match settled {
+            Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => {
+                    self.stats.acked.fetch_add(1, Relaxed);
+                }
+                // The channel is gone: the broker will redeliver.
+                Ok(false) => {
+                    tracing::warn!("ack not sent: channel closed; the job will be redelivered")
+                }
+                Err(error) => tracing::warn!(%error, "ack failed; the job will be redelivered"),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "publish not confirmed, requeueing the job");
+                requeue(&delivery.acker).await;
+            }
+        }
+    }
+
+    /// Publishes what the disposition calls for, each confirmed.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        handled: &Handled,
+        attempt: u32,
+    ) -> Result<(), BrokerError> {
+        match handled.disposition {
+            Disposition::Reply => self.reply(delivery, handled).await,
+            Disposition::Retry { next_attempt, .. } => {
+                let Some(queue) = self.topology.retry_queue(attempt) else {
+                    // No delay queue for this step (policy changed): answer.
+                    return self.dead_letter(delivery, handled, attempt).await;
+                };
+                let mut props = delivery.properties.clone();
+                let mut headers = props.headers().clone().unwrap_or_default();
+                headers.insert(
+                    ATTEMPT_HEADER.into(),
+                    AMQPValue::LongLongInt(i64::from(next_attempt)),
+                );
+                props = props.with_headers(headers).with_delivery_mode(2);
+                self.publisher
+                    .publish(queue, delivery.data.clone(), props, false)
+                    .await?;
+                self.stats.retried.fetch_add(1, Relaxed);
+                tracing::info!(queue, next_attempt, "job scheduled for retry");
+                Ok(())
+            }
+            Disposition::ReplyAndDeadLetter => {
+                self.reply(delivery, handled).await?;
+                self.dead_letter(delivery, handled, attempt).await
+            }
+        }
+    }
+
+    async fn reply(&self, delivery: &Delivery, handled: &Handled) -> Result<(), BrokerError> {
+        let props = &delivery.properties;
+        let to = props
+            .reply_to()
+            .as_ref()
+            .map_or(self.topology.results.as_str(), ShortString::as_str);
+        let mut reply = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(handled.job_id.clone()));
+        if let Some(correlation) = props.correlation_id() {
+            reply = reply.with_correlation_id(correlation.clone());
+        }
+        match self
+            .publisher
+            .publish(to, handled.encoded.clone(), reply, true)
+            .await?
+        {
+            Published::Confirmed => Ok(()),
+            Published::Unroutable => {
+                // The requester's queue is gone: nobody can receive it, and
+                // retrying would loop forever. Log, count, and move on.
+                self.stats.unroutable_replies.fetch_add(1, Relaxed);
+                tracing::warn!(reply_to = to, "reply unroutable, dropped");
+                Ok(())
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        handled: &Handled,
+        attempt: u32,
+    ) -> Result<(), BrokerError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(attempt)),
+        );
+        let (kind, message) = match &handled.reply.body {
+            kiln_protocol::ReplyBody::Error(e) => (e.kind.as_str(), e.message.clone()),
+            _ => ("unknown", String::new()),
+        };
+        headers.insert(
+            ERROR_KIND_HEADER.into(),
+            AMQPValue::LongString(LongString::from(kind.as_bytes().to_vec())),
+        );
+        headers.insert(
+            ERROR_MESSAGE_HEADER.into(),
+            AMQPValue::LongString(LongString::from(message.into_bytes())),
+        );
+        let mut props = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        if props.message_id().is_none() {
+            props = props.with_message_id(ShortString::from(handled.job_id.clone()));
+        }
+        self.publisher
+            .publish(&self.topology.dead, delivery.data.clone(), props, false)
+            .await?;
+        self.stats.dead_lettered.fetch_add(1, Relaxed);
+        tracing::warn!(queue = %self.topology.dead, kind, "job dead-lettered");
+        Ok(())
+    }
+}
+
+/// The answer for a job redelivered too often (it keeps killing workers).
+fn poison(body: &[u8], envelope: &Envelope<'_>, redeliveries: u32) -> Handled {
+    let job_id = kiln_protocol::job_id_from_body(body, envelope);
+    let plugin = kiln_protocol::decode_job(body, envelope, &kiln_protocol::DecodeLimits::default())
+        .map(|j| j.plugin)
+        .unwrap_or_default();
+    let error = kiln_protocol::JobError::new(
+        kiln_protocol::ErrorKind::Internal,
+        format!(
+            "delivered {} times without being answered; giving up",
+            redeliveries + 1
+        ),
+    );
+    let reply = kiln_protocol::Reply::error(job_id.clone(), plugin, error);
+    let encoded = kiln_protocol::encode_reply(&reply, usize::MAX);
+    Handled {
+        job_id,
+        reply,
+        encoded,
+        error: Some(kiln_protocol::ErrorKind::Internal),
+        disposition: Disposition::ReplyAndDeadLetter,
+    }
+}
+
+/// Reads an integer header, whatever integer type the sender used.
+pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value = headers?.inner().get(name)?;
+    let n: i128 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        _ => return None,
+    };
+    u32::try_from(n).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_headers_of_any_width() {
+        let mut t = FieldTable::default();
+        t.insert("a".into(), AMQPValue::LongLongInt(3));
+        t.insert("b".into(), AMQPValue::ShortShortUInt(2));
+        t.insert(
+            "c".into(),
+            AMQPValue::LongString(LongString::from(b"7".to_vec())),
+        );
+        t.insert("d".into(), AMQPValue::LongLongInt(-1));
+        t.insert("e".into(), AMQPValue::Boolean(true));
+        let t = Some(&t);
+        assert_eq!(header_u32(t, "a"), Some(3));
+        assert_eq!(header_u32(t, "b"), Some(2));
+        assert_eq!(header_u32(t, "c"), Some(7));
+        assert_eq!(header_u32(t, "d"), None);
+        assert_eq!(header_u32(t, "e"), None);
+        assert_eq!(header_u32(t, "missing"), None);
+        assert_eq!(header_u32(None, "a"), None);
+    }
+}

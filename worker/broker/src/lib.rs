@@ -1,0 +1,50 @@
+//! Kiln's RabbitMQ side, on lapin and tokio.
+//!
+//! It owns the topology (one declare function for every queue), confirmed
+//! publishing from one task per channel, and the at-least-once consumer:
+//! reply, wait for the confirm, then ack; retries through per-step delay
+//! queues; dead letters carrying the reason in headers; reconnects with
+//! backoff; and a graceful drain on shutdown.
+//!
+//! It knows the job and reply records of `kiln-protocol`, but nothing of
+//! the sandbox: jobs are run by a [`JobHandler`] that the worker's pipeline
+//! implements.
+
+mod config;
+mod consumer;
+mod publisher;
+mod topology;
+
+pub use config::{AmqpConfig, QueueType, redact};
+pub use consumer::{
+    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, JobHandler, Worker, WorkerStats,
+    header_u32,
+};
+pub use publisher::{Published, Publisher};
+pub use topology::Topology;
+
+/// A failure talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A channel or connection operation failed.
+    #[error("broker channel error: {0}")]
+    Channel(lapin::Error),
+    /// A queue could not be declared (for example it exists with other
+    /// arguments: 406 PRECONDITION_FAILED).
+    #[error("cannot declare queue {queue}: {source}")]
+    Declare {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        source: lapin::Error,
+    },
+    /// The broker refused a publish (`basic.nack`).
+    #[error("publish refused by the broker (nack)")]
+    Nacked,
+    /// The channel is not in confirm mode (a recovered channel).
+    #[error("publish not confirmed: channel not in confirm mode")]
+    NotConfirmed,
+    /// The publishing task is gone (its channel closed).
+    #[error("publisher task is gone")]
+    PublisherGone,
+}

@@ -1,0 +1,348 @@
+//! The `kiln` command line. The `kiln` binary is [`main`]; the test suite
+//! builds the same entry point as its own binary to drive it end to end.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::KilnConfig;
+use crate::embedded::{self, BarProgress, Io, PlainProgress};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use kiln_protocol::{Job, Payload};
+use tokio::io::{AsyncReadExt, BufReader, BufWriter};
+
+/// Kiln: a sandboxed job worker for WebAssembly text plugins.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+struct Global {
+    /// The plugins directory (every `*.wasm` in it is loaded) [config: plugins_dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// The writable component cache directory [config: sandbox.cache.dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// The worker config file (TOML) [default: /etc/kiln/kiln.toml if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one job and print its reply, or a JSONL file of jobs (the
+    /// embedded default: no broker needed).
+    Run(RunArgs),
+    /// List the plugins: name, version, size, cache state, exports, and
+    /// the files that failed to load.
+    Plugins {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile every plugin into the cache, for image builds and init
+    /// containers.
+    Precompile {
+        /// Directory to fill [default: the writable cache directory]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The plugin to run the input through.
+    #[arg(required_unless_present = "jobs", conflicts_with = "jobs")]
+    plugin: Option<String>,
+    /// The input text (default: read stdin).
+    #[arg(long, conflicts_with_all = ["file", "jobs"])]
+    input: Option<String>,
+    /// Read the input from a file.
+    #[arg(long, value_name = "PATH", conflicts_with = "jobs")]
+    file: Option<PathBuf>,
+    /// The job's config, served to the plugin by `get-config` (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
+    /// A semver requirement on the plugin's version.
+    #[arg(long, value_name = "REQ")]
+    plugin_version: Option<semver::VersionReq>,
+    /// A deadline shorter than the configured one, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// A JSONL file of job records to push through the pipeline.
+    #[arg(long, value_name = "FILE.jsonl")]
+    jobs: Option<PathBuf>,
+    /// Where to write the replies as JSONL [default: stdout].
+    #[arg(long, value_name = "FILE", requires = "jobs")]
+    out: Option<PathBuf>,
+    /// Where to write dead letters as JSONL [default: <out>.dead.jsonl, or stderr].
+    #[arg(long, value_name = "FILE", requires = "jobs")]
+    dead: Option<PathBuf>,
+    /// Jobs at once [config: pipeline.concurrency; default: one per CPU].
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match load_config(&cli.global) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn load_config(global: &Global) -> anyhow::Result<KilnConfig> {
+    let mut config = KilnConfig::load(global.config_file.as_deref())?;
+    if let Some(dir) = &global.plugins {
+        config.plugins_dir.0 = dir.clone();
+    }
+    if let Some(dir) = &global.cache {
+        config.sandbox.cache.dir = Some(dir.clone());
+    }
+    Ok(config)
+}
+
+async fn dispatch(command: Command, config: KilnConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args, config).await,
+        Command::Plugins { json } => plugins(config, json).await,
+        Command::Precompile { out } => precompile(config, out),
+    }
+}
+
+async fn run(args: RunArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.concurrency {
+        config.pipeline.concurrency = n;
+    }
+    let (_sandbox, registry) = crate::load(&config).await?;
+    for error in registry.errors() {
+        eprintln!("kiln: warning: {error}");
+    }
+    let pipeline = Arc::new(crate::pipeline_for(&config, registry));
+
+    let Some(jobs) = args.jobs else {
+        let input = match (args.input, args.file) {
+            (Some(text), _) => text,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            (None, None) => {
+                let mut text = String::new();
+                tokio::io::stdin()
+                    .read_to_string(&mut text)
+                    .await
+                    .context("cannot read stdin")?;
+                text
+            }
+        };
+        let plugin = args.plugin.unwrap_or_default();
+        let job = Job {
+            job_id: format!("cli-{}", std::process::id()),
+            plugin,
+            version: args.plugin_version,
+            payload: Payload::Single(input),
+            config: args.config.into_iter().collect::<BTreeMap<_, _>>(),
+            timeout_ms: args.timeout_ms,
+        };
+        let handled = pipeline.run(&job, 1).await;
+        println!("{}", String::from_utf8_lossy(&handled.encoded));
+        return Ok(if handled.error.is_some() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    };
+
+    let file = tokio::fs::File::open(&jobs)
+        .await
+        .with_context(|| format!("cannot open {}", jobs.display()))?;
+    let jobs_reader = BufReader::with_capacity(1 << 16, file);
+    let replies: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.out {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let dead_path = args.dead.or_else(|| {
+        args.out
+            .as_ref()
+            .map(|o| PathBuf::from(format!("{}.dead.jsonl", o.display())))
+    });
+    let dead: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &dead_path {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stderr()),
+    };
+    let io = Io {
+        jobs: jobs_reader,
+        replies: BufWriter::with_capacity(1 << 16, replies),
+        dead: BufWriter::new(dead),
+    };
+    let concurrency = config.pipeline.effective_concurrency();
+    let summary = if std::io::stderr().is_terminal() {
+        embedded::run(pipeline, io, concurrency, BarProgress::new()).await?
+    } else {
+        embedded::run(
+            pipeline,
+            io,
+            concurrency,
+            PlainProgress::new(Duration::from_secs(5)),
+        )
+        .await?
+    };
+    eprintln!("kiln: {summary}");
+    if let Some(path) = dead_path.filter(|_| summary.dead_lettered > 0) {
+        eprintln!("kiln: dead letters written to {}", path.display());
+    }
+    Ok(if summary.failed() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn plugins(config: KilnConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let (_sandbox, registry) = crate::load(&config).await?;
+    if json {
+        let plugins: Vec<_> = registry
+            .plugins()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name(),
+                    "version": p.version().to_string(),
+                    "path": p.path(),
+                    "wasm_bytes": p.wasm_bytes(),
+                    "cache": p.cache_state(),
+                    "exports": exports(p),
+                })
+            })
+            .collect();
+        let errors: Vec<_> = registry.errors().iter().map(ToString::to_string).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "plugins": plugins, "errors": errors })
+            )?
+        );
+    } else {
+        println!(
+            "{:<24} {:<10} {:>10} {:<20} {:<14} PATH",
+            "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS"
+        );
+        for p in registry.plugins() {
+            let cache = serde_json::to_value(p.cache_state())?;
+            println!(
+                "{:<24} {:<10} {:>10} {:<20} {:<14} {}",
+                p.name(),
+                p.version().to_string(),
+                p.wasm_bytes(),
+                cache.as_str().unwrap_or_default(),
+                exports(p).join(","),
+                p.path().display()
+            );
+        }
+        for error in registry.errors() {
+            println!("error: {error}");
+        }
+    }
+    Ok(if registry.errors().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn exports(p: &kiln_sandbox::Plugin) -> Vec<&'static str> {
+    if p.has_batch() {
+        vec!["plugin", "batch"]
+    } else {
+        vec!["plugin"]
+    }
+}
+
+fn precompile(config: KilnConfig, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let Some(out) = out.or_else(|| config.sandbox.cache.dir.clone()) else {
+        bail!("no output directory: pass --out DIR or set sandbox.cache.dir");
+    };
+    let sandbox = kiln_sandbox::Sandbox::new(config.sandbox.clone())?;
+    let dir = &config.plugins_dir.0;
+    let results = sandbox
+        .precompile_dir(dir, &out)
+        .with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
+    let mut failed = false;
+    for p in results {
+        let wasm = p.wasm.display();
+        match p.entry {
+            Ok(entry) if entry.already_present => {
+                println!("{wasm}: already cached at {}", entry.path.display());
+            }
+            Ok(entry) => println!("{wasm}: compiled to {}", entry.path.display()),
+            Err(e) => {
+                failed = true;
+                println!("{wasm}: error: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
