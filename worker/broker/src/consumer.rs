@@ -18,6 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use crate::BrokerError;
 use crate::config::AmqpConfig;
@@ -356,24 +357,26 @@ impl<H: JobHandler> Job<H> {
         };
         let span =
             tracing::info_span!("job", job_id = %handled.job_id, attempt, outcome = ?handled.error);
-        let _enter = span.enter();
-        let settled = self.settle(&delivery, &handled, attempt).await;
-        match settled {
-            Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-                Ok(true) => {
-                    self.stats.acked.fetch_add(1, Relaxed);
+        async {
+            match self.settle(&delivery, &handled, attempt).await {
+                Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                    Ok(true) => {
+                        self.stats.acked.fetch_add(1, Relaxed);
+                    }
+                    // The channel is gone: the broker will redeliver.
+                    Ok(false) => {
+                        tracing::warn!("ack not sent: channel closed; the job will be redelivered")
+                    }
+                    Err(error) => tracing::warn!(%error, "ack failed; the job will be redelivered"),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "publish not confirmed, requeueing the job");
+                    requeue(&delivery.acker).await;
                 }
-                // The channel is gone: the broker will redeliver.
-                Ok(false) => {
-                    tracing::warn!("ack not sent: channel closed; the job will be redelivered")
-                }
-                Err(error) => tracing::warn!(%error, "ack failed; the job will be redelivered"),
-            },
-            Err(error) => {
-                tracing::warn!(%error, "publish not confirmed, requeueing the job");
-                requeue(&delivery.acker).await;
             }
         }
+        .instrument(span)
+        .await;
     }
 
     /// Publishes what the disposition calls for, each confirmed.

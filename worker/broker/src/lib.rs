@@ -12,6 +12,7 @@
 
 mod config;
 mod consumer;
+pub mod enqueue;
 mod publisher;
 mod topology;
 
@@ -47,4 +48,7 @@ pub enum BrokerError {
     /// The publishing task is gone (its channel closed).
     #[error("publisher task is gone")]
     PublisherGone,
+    /// Writing collected replies failed.
+    #[error("cannot write replies: {0}")]
+    Output(String),
 }

@@ -58,6 +58,83 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Consume jobs from RabbitMQ, run them, publish the replies (the
+    /// container's entrypoint). Stops on SIGTERM/SIGINT after draining.
+    Worker(WorkerArgs),
+    /// Publish jobs to the jobs queue with confirms; with --wait, collect
+    /// every reply. Safe to interrupt and re-run (see docs/PROTOCOL.md).
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// A JSONL file of job records.
+    #[arg(
+        value_name = "FILE.jsonl",
+        required_unless_present = "dir",
+        conflicts_with = "dir"
+    )]
+    jobs: Option<PathBuf>,
+    /// A directory of text files: one job per file, its name the job id.
+    #[arg(long, value_name = "DIR", requires = "plugin")]
+    dir: Option<PathBuf>,
+    /// The plugin for --dir jobs.
+    #[arg(long, value_name = "NAME")]
+    plugin: Option<String>,
+    /// Wait for every reply and write them to --out.
+    #[arg(long, requires = "out")]
+    wait: bool,
+    /// Where --wait writes the replies as JSONL (appended to on a re-run).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Unconfirmed publishes allowed at once.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    window: usize,
+    /// With --wait, give up after this many seconds without a reply.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    idle_timeout: u64,
+}
+
+/// Broker options shared by `worker`, `enqueue` and `dlq`.
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// The AMQP URL [config: amqp.url]
+    #[arg(long, value_name = "URL")]
+    amqp_url: Option<String>,
+    /// The jobs queue; every other queue name derives from it [config: amqp.queue]
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
+}
+
+impl BrokerArgs {
+    fn apply(&self, config: &mut KilnConfig) {
+        if let Some(url) = &self.amqp_url {
+            config.amqp.url = url.clone();
+        }
+        if let Some(queue) = &self.queue {
+            config.amqp.queue = queue.clone();
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Deliveries in flight per worker (basic.qos) [config: amqp.prefetch]
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u16>,
+    /// Jobs run at once [config: pipeline.concurrency; default: one per CPU]
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// Address of /healthz and /readyz [config: http.listen]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
+    /// The connection name shown by the broker [config: amqp.connection_name]
+    #[arg(long, value_name = "NAME")]
+    connection_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +237,8 @@ async fn dispatch(command: Command, config: KilnConfig) -> anyhow::Result<ExitCo
         Command::Run(args) => run(args, config).await,
         Command::Plugins { json } => plugins(config, json).await,
         Command::Precompile { out } => precompile(config, out),
+        Command::Worker(args) => worker(args, config).await,
+        Command::Enqueue(args) => enqueue(args, config).await,
     }
 }
 
@@ -252,6 +331,192 @@ async fn run(args: RunArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> 
         eprintln!("kiln: dead letters written to {}", path.display());
     }
     Ok(if summary.failed() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn worker(args: WorkerArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> {
+    args.broker.apply(&mut config);
+    if let Some(n) = args.prefetch {
+        config.amqp.prefetch = n;
+    }
+    if let Some(n) = args.concurrency {
+        config.pipeline.concurrency = n;
+    }
+    if let Some(addr) = args.http_listen {
+        config.http.listen = addr;
+    }
+    if args.connection_name.is_some() {
+        config.amqp.connection_name = args.connection_name;
+    }
+    config.validate()?;
+    let (_sandbox, registry) = crate::load(&config).await?;
+    for error in registry.errors() {
+        tracing::error!(%error, "plugin not loaded");
+    }
+    let pipeline = Arc::new(crate::pipeline_for(&config, registry));
+    crate::worker::run(&config, pipeline).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn enqueue(args: EnqueueArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> {
+    use kiln_broker::enqueue::{self, EnqueueOptions, OutgoingJob};
+    use std::collections::HashSet;
+    use std::io::Write as _;
+
+    args.broker.apply(&mut config);
+    config.validate()?;
+    let jobs: Vec<OutgoingJob> = match (&args.jobs, &args.dir) {
+        (Some(file), _) => std::fs::read(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| OutgoingJob::from_record(l.to_vec()))
+            .collect(),
+        (None, Some(dir)) => {
+            let plugin = args.plugin.clone().unwrap_or_default();
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            let mut jobs = Vec::with_capacity(files.len());
+            for path in files {
+                let input = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+                let job_id = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let body = serde_json::to_vec(
+                    &serde_json::json!({"job_id": job_id, "plugin": plugin, "input": input}),
+                )?;
+                jobs.push(OutgoingJob { job_id, body });
+            }
+            jobs
+        }
+        (None, None) => bail!("give a JSONL file or --dir DIR"),
+    };
+    let ids: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    if ids.len() != jobs.len() {
+        bail!(
+            "{} jobs but {} distinct job ids: job ids must be unique",
+            jobs.len(),
+            ids.len()
+        );
+    }
+    let topology = kiln_broker::Topology::new(&config.amqp, &config.pipeline.retry_policy());
+
+    // Resume: what the output already answers is not published again.
+    let mut answered = HashSet::new();
+    if let Some(out) = args.out.as_ref().filter(|o| args.wait && o.exists()) {
+        let text = std::fs::read_to_string(out)
+            .with_context(|| format!("cannot read {}", out.display()))?;
+        // A row cut short by a kill is dropped; its job is waited for again.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            let file = std::fs::OpenOptions::new().write(true).open(out)?;
+            file.set_len(complete as u64)?;
+        }
+        for line in text[..complete].lines() {
+            if let Ok(reply) = serde_json::from_str::<kiln_protocol::Reply>(line) {
+                answered.insert(reply.job_id);
+            }
+        }
+    }
+    // The reply queue is named after the input, so a re-run finds replies
+    // that arrived while it was down.
+    let reply_queue = args.wait.then(|| {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for j in &jobs {
+            h.update(j.job_id.as_bytes());
+            h.update([0]);
+        }
+        format!(
+            "{}.replies.{}",
+            topology.jobs,
+            &hex::encode(h.finalize())[..16]
+        )
+    });
+    let options = EnqueueOptions {
+        url: config.amqp.url.clone(),
+        window: args.window,
+        reply_queue: reply_queue.clone(),
+    };
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| indicatif::ProgressBar::new(jobs.len() as u64));
+    let published = enqueue::publish_jobs(&options, &topology, &jobs, &answered, || {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    })
+    .await
+    .with_context(|| format!("cannot publish to {}", config.amqp.redacted_url()))?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "kiln: published {published} jobs to {} ({} already answered)",
+        topology.jobs,
+        answered.len()
+    );
+    let (Some(queue), Some(out)) = (reply_queue, args.out) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    let waiting: HashSet<String> = ids.difference(&answered).cloned().collect();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out)
+        .with_context(|| format!("cannot open {}", out.display()))?;
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let missing = enqueue::collect_replies(
+        &config.amqp.url,
+        &queue,
+        waiting,
+        Duration::from_secs(args.idle_timeout),
+        |_, body, reply| {
+            // One write per row, so a kill cannot split a row.
+            let mut row = Vec::with_capacity(body.len() + 1);
+            row.extend_from_slice(body);
+            row.push(b'\n');
+            file.write_all(&row)?;
+            let status = reply.map_or("unreadable", |r| r.status().as_str());
+            *statuses.entry(status.to_owned()).or_default() += 1;
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| format!("cannot collect replies from {queue}"))?;
+    file.flush()?;
+    let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    eprintln!(
+        "kiln: {} replies written to {} ({})",
+        statuses.values().sum::<u64>(),
+        out.display(),
+        summary.join(", ")
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "kiln: {} jobs got no reply within {} s; re-run to keep waiting",
+            missing.len(),
+            args.idle_timeout
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let failed = statuses
+        .iter()
+        .filter(|(s, _)| s.as_str() != "ok")
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kiln_broker::AmqpConfig;
 use kiln_protocol::RetryPolicy;
 use kiln_sandbox::SandboxConfig;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,27 @@ pub struct KilnConfig {
     pub sandbox: SandboxConfig,
     /// How jobs flow: concurrency, retries and size limits.
     pub pipeline: PipelineConfig,
+    /// The broker (`kiln worker`, `kiln enqueue`, `kiln dlq`).
+    pub amqp: AmqpConfig,
+    /// The health endpoints.
+    pub http: HttpConfig,
+}
+
+/// The HTTP server of `kiln worker`: `/healthz` (liveness) and `/readyz`
+/// (readiness: connected, consuming, not draining).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default: `0.0.0.0:9090`.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
 }
 
 /// The plugins directory (a newtype for its default).
@@ -156,6 +178,18 @@ impl KilnConfig {
         }
         if self.pipeline.max_attempts == 0 {
             return invalid("pipeline.max_attempts", "must be at least 1");
+        }
+        if self.amqp.prefetch == 0 {
+            return invalid("amqp.prefetch", "must be at least 1");
+        }
+        if self.amqp.delivery_limit <= self.pipeline.max_attempts {
+            return invalid(
+                "amqp.delivery_limit",
+                "must be above pipeline.max_attempts (redeliveries count too)",
+            );
+        }
+        if self.amqp.queue.is_empty() {
+            return invalid("amqp.queue", "must not be empty");
         }
         Ok(())
     }

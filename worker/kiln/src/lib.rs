@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod pipeline;
+pub mod worker;
 
 use std::sync::Arc;
 

@@ -1,0 +1,339 @@
+//! `kiln worker` and `kiln enqueue` against the real local RabbitMQ
+//! (127.0.0.1:5672, guest/guest; `.ci/run` starts it). Every test uses its
+//! own uniquely named queues and deletes them at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::{Broker, WorkerProc, unique};
+
+fn job(id: &str, plugin: &str, input: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": input}))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_with_correlation_ids_and_batches() {
+    let q = unique("roundtrip");
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    for i in 0..50 {
+        broker
+            .publish(
+                &q,
+                job(&format!("j{i}"), "uppercase", &format!("hello {i}")),
+                Some(&replies.name),
+                Some(&format!("c-{i}")),
+            )
+            .await;
+    }
+    let batch = serde_json::json!({"job_id": "b", "plugin": "wordcount", "inputs": ["a b", "c"]});
+    broker
+        .publish(
+            &q,
+            serde_json::to_vec(&batch).unwrap(),
+            Some(&replies.name),
+            Some("c-batch"),
+        )
+        .await;
+
+    let got = replies.take(51, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 51);
+    for r in &got {
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let correlation = r.correlation_id.as_deref().unwrap();
+        if correlation == "c-batch" {
+            assert_eq!(body["status"], "ok");
+            assert_eq!(body["results"][0]["output"], "2");
+        } else {
+            let i = correlation.strip_prefix("c-").unwrap();
+            assert_eq!(body["job_id"], format!("j{i}"));
+            assert_eq!(body["output"], format!("HELLO {i}"));
+        }
+    }
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_reply_to_goes_to_the_results_queue() {
+    let q = unique("results");
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("r1", "reverse", "abc"), None, Some("c1"))
+        .await;
+    let got = broker
+        .drain(&format!("{q}.results"), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["output"], "cba");
+    assert_eq!(got[0].correlation_id.as_deref(), Some("c1"));
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
+    let q = unique("errors");
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let cases: Vec<(Vec<u8>, &str, &str, bool)> = vec![
+        (b"\xff\xfe".to_vec(), "utf8", "bad-request", true),
+        (b"not json".to_vec(), "json", "bad-request", true),
+        (
+            job("u", "no-such-plugin", "x"),
+            "unknown",
+            "unknown-plugin",
+            true,
+        ),
+        (
+            br#"{"job_id":"v","plugin":"uppercase","version":"^9","input":"x"}"#.to_vec(),
+            "version",
+            "version-mismatch",
+            true,
+        ),
+        (job("e", "reverse", ""), "invalid", "invalid-input", false),
+        (
+            job("m", "hostile-membomb", "x"),
+            "bomb",
+            "memory-limit",
+            false,
+        ),
+        (job("p", "hostile-panic", "x"), "panic", "trap", false),
+    ];
+    for (body, correlation, _, _) in &cases {
+        broker
+            .publish(&q, body.clone(), Some(&replies.name), Some(correlation))
+            .await;
+    }
+    let got = replies.take(cases.len(), Duration::from_secs(30)).await;
+    assert_eq!(got.len(), cases.len());
+    for (_, correlation, kind, _) in &cases {
+        let reply = got
+            .iter()
+            .find(|r| r.correlation_id.as_deref() == Some(correlation))
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["status"], "error", "{correlation}");
+        assert_eq!(body["error"]["kind"], *kind, "{correlation}: {body}");
+    }
+    let expected_dead: HashSet<&str> = cases.iter().filter(|c| c.3).map(|c| c.2).collect();
+    let dead = broker
+        .drain(&format!("{q}.dead"), 4, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 4);
+    let kinds: HashSet<String> = dead
+        .iter()
+        .map(|d| d.header("x-kiln-error-kind").unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        expected_dead.iter().map(|s| (*s).to_owned()).collect()
+    );
+    assert!(
+        dead.iter()
+            .all(|d| !d.header("x-kiln-error-message").unwrap().is_empty())
+    );
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_retry_with_backoff_then_dead_letter() {
+    let q = unique("retry");
+    let worker = WorkerProc::spawn(
+        &q,
+        &[
+            ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "50"),
+            ("KILN__PIPELINE__INITIAL_BACKOFF_MS", "200"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let started = std::time::Instant::now();
+    broker
+        .publish(
+            &q,
+            job("spin", "hostile-spin", "x"),
+            Some(&replies.name),
+            Some("c-spin"),
+        )
+        .await;
+    broker
+        .publish(
+            &q,
+            job("fine", "uppercase", "x"),
+            Some(&replies.name),
+            Some("c-fine"),
+        )
+        .await;
+    let got = replies.take(2, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2, "one reply per job: retries are silent");
+    let spin = got
+        .iter()
+        .find(|r| r.correlation_id.as_deref() == Some("c-spin"))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&spin.body).unwrap();
+    assert_eq!(body["error"]["kind"], "timeout");
+    // Three attempts with 200 ms then 800 ms between them.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    let dead = broker
+        .drain(&format!("{q}.dead"), 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("x-kiln-attempt").as_deref(), Some("3"));
+    assert_eq!(
+        dead[0].header("x-kiln-error-kind").as_deref(),
+        Some("timeout")
+    );
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+/// Publishes `n` uppercase jobs and returns their ids.
+async fn publish_stream(broker: &Broker, q: &str, reply_to: &str, n: usize) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let bodies: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let id = format!("s{i}");
+            let body = job(&id, "uppercase", &"x".repeat(200));
+            (id, body)
+        })
+        .collect();
+    broker.publish_many(q, &bodies, reply_to).await;
+    ids.extend(bodies.into_iter().map(|(id, _)| id));
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let q = unique("kill9");
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let mut worker = WorkerProc::spawn(&q, &[]).await;
+    let ids = publish_stream(&broker, &q, &replies.name, 10_000).await;
+    let first = replies.take(2_000, Duration::from_secs(60)).await;
+    worker.kill9();
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let rest = replies
+        .take_until_ids(&ids, &first, Duration::from_secs(120))
+        .await;
+    let answered: HashSet<String> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|r| r.job_id())
+        .collect();
+    assert_eq!(answered.len(), 10_000, "every job answered at least once");
+    assert_eq!(answered, ids);
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_busy_finishes_in_flight_and_exits_0() {
+    let q = unique("sigterm");
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let ids = publish_stream(&broker, &q, &replies.name, 3_000).await;
+    let first = replies.take(300, Duration::from_secs(60)).await;
+    let status = worker.stop().await;
+    assert_eq!(status.code(), Some(0));
+    // Nothing was lost: a new worker answers the rest.
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let rest = replies
+        .take_until_ids(&ids, &first, Duration::from_secs(120))
+        .await;
+    let answered: HashSet<String> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|r| r.job_id())
+        .collect();
+    assert_eq!(answered, ids);
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_closed_by_the_broker_reconnects_and_loses_nothing() {
+    let q = unique("closeconn");
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let ids = publish_stream(&broker, &q, &replies.name, 5_000).await;
+    let first = replies.take(500, Duration::from_secs(60)).await;
+    support::close_connection(&worker.connection_name);
+    // Not ready while disconnected, ready again after the reconnect.
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(10)).await,
+        "readyz stayed true during the outage"
+    );
+    assert!(
+        worker.wait_ready(true, Duration::from_secs(30)).await,
+        "worker did not come back"
+    );
+    let rest = replies
+        .take_until_ids(&ids, &first, Duration::from_secs(120))
+        .await;
+    let answered: HashSet<String> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|r| r.job_id())
+        .collect();
+    assert_eq!(answered, ids);
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enqueue_wait_end_to_end_and_resumed_after_sigkill() {
+    let q = unique("enqueue");
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..10_000)
+        .map(|i| {
+            format!(
+                r#"{{"job_id":"e{i}","plugin":"uppercase","input":"{}"}}"#,
+                "y".repeat(200)
+            )
+        })
+        .collect();
+    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    let out = dir.path().join("replies.jsonl");
+
+    // First run: killed halfway through.
+    let mut first = support::enqueue(&q, &jobs, &out).spawn().unwrap();
+    let killed_at = support::wait_for_lines(&out, 3_000, Duration::from_secs(60)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(killed_at < 10_000, "the first run should not have finished");
+
+    // Re-run: exactly one row per job, none lost, none twice.
+    let status = support::enqueue(&q, &jobs, &out).status().unwrap();
+    assert!(status.success());
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let unique_ids: HashSet<&str> = rows.iter().map(|r| r["job_id"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 10_000);
+    assert_eq!(unique_ids.len(), 10_000);
+    worker.stop().await;
+    Broker::connect().await.delete_all(&q).await;
+}
