@@ -23,8 +23,9 @@ pub use reply::{
 mod tests {
     use super::*;
 
-    /// Every JSON example in `docs/PROTOCOL.md` is a job that decodes or a
-    /// reply that reads back and encodes to the same JSON.
+    /// Every JSON example in `docs/PROTOCOL.md` is a job that decodes, a
+    /// reply that reads back and encodes to the same JSON, or a dead-letter
+    /// line with its four fields.
     #[test]
     fn protocol_md_examples_are_valid() {
         let doc = include_str!("../../../docs/PROTOCOL.md");
@@ -33,10 +34,15 @@ mod tests {
             .skip(1)
             .map(|rest| rest.split("```").next().unwrap())
             .collect();
-        assert_eq!(blocks.len(), 4);
+        assert_eq!(blocks.len(), 5);
         for block in blocks {
             let value: serde_json::Value = serde_json::from_str(block).expect(block);
-            if value.get("status").is_none() {
+            if value.get("body").is_some() {
+                for key in ["job_id", "attempts", "error", "body"] {
+                    assert!(value.get(key).is_some(), "{key} missing in {block}");
+                }
+                let _: JobError = serde_json::from_value(value["error"].clone()).expect(block);
+            } else if value.get("status").is_none() {
                 let job = decode_job(
                     block.as_bytes(),
                     &Envelope::default(),
