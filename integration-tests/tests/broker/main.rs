@@ -109,6 +109,16 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
             false,
         ),
         (job("p", "hostile-panic", "x"), "panic", "trap", false),
+        (job("big", "uppercase", &"x".repeat(5 << 20)), "big", "payload-too-large", true),
+        (
+            serde_json::to_vec(&serde_json::json!({
+                "job_id": "h", "plugin": "hostile-hugeout", "input": "x", "config": {"bytes": "9000000"}
+            }))
+            .unwrap(),
+            "huge",
+            "output-too-large",
+            false,
+        ),
     ];
     for (body, correlation, _, _) in &cases {
         broker
@@ -127,10 +137,15 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
         assert_eq!(body["error"]["kind"], *kind, "{correlation}: {body}");
     }
     let expected_dead: HashSet<&str> = cases.iter().filter(|c| c.3).map(|c| c.2).collect();
+    assert_eq!(
+        expected_dead.len(),
+        4,
+        "bad-request twice, unknown-plugin, version-mismatch, payload-too-large"
+    );
     let dead = broker
-        .drain(&format!("{q}.dead"), 4, Duration::from_secs(10))
+        .drain(&format!("{q}.dead"), 5, Duration::from_secs(10))
         .await;
-    assert_eq!(dead.len(), 4);
+    assert_eq!(dead.len(), 5);
     let kinds: HashSet<String> = dead
         .iter()
         .map(|d| d.header("x-kiln-error-kind").unwrap())
@@ -336,4 +351,101 @@ async fn enqueue_wait_end_to_end_and_resumed_after_sigkill() {
     assert_eq!(unique_ids.len(), 10_000);
     worker.stop().await;
     Broker::connect().await.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_exhaustion_end_to_end() {
+    let q = unique("fuel");
+    let worker = WorkerProc::spawn(&q, &[("KILN__SANDBOX__LIMITS__FUEL", "1000000")]).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .publish(
+            &q,
+            job("f", "hostile-spin", "x"),
+            Some(&replies.name),
+            Some("f"),
+        )
+        .await;
+    let got = replies.take(1, Duration::from_secs(20)).await;
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["error"]["kind"], "fuel-exhausted");
+    assert_eq!(body["error"]["source"], "host");
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_and_replay_after_a_fix() {
+    let q = unique("dlq");
+    // The first worker lacks `reverse`: its jobs are dead-lettered.
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &[]).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .publish_many(
+            &q,
+            &[
+                ("r1".into(), job("r1", "reverse", "abc")),
+                ("r2".into(), job("r2", "reverse", "xyz")),
+            ],
+            &replies.name,
+        )
+        .await;
+    let first = replies.take(2, Duration::from_secs(20)).await;
+    assert!(
+        first
+            .iter()
+            .all(|r| String::from_utf8_lossy(&r.body).contains("unknown-plugin"))
+    );
+    worker.stop().await;
+
+    let list = |args: &[&str]| {
+        let out = support::kiln()
+            .args(["dlq", "--amqp-url", support::URL, "--queue", &q])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: Vec<serde_json::Value> = list(&["list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.iter().all(|l| l["kind"] == "unknown-plugin"
+            && l["plugin"] == "reverse"
+            && l["attempts"] == 1)
+    );
+    // Listing is idempotent: the letters are still there.
+    assert_eq!(list(&["list", "--json"]).lines().count(), 2);
+
+    // The fix is deployed: replay one, then the rest.
+    let worker = WorkerProc::spawn_with(&q, &["uppercase", "reverse"], &[]).await;
+    assert!(list(&["replay", "--job-id", "r1"]).contains("replayed r1"));
+    assert!(list(&["replay", "--all", "--plugin", "reverse"]).contains("replayed r2"));
+    assert_eq!(
+        list(&["replay", "--all"]).lines().count(),
+        0,
+        "nothing left to replay"
+    );
+    let got = replies.take(2, Duration::from_secs(20)).await;
+    let outputs: HashSet<String> = got
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["output"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(outputs, HashSet::from(["cba".to_owned(), "zyx".to_owned()]));
+    worker.stop().await;
+    broker.delete_all(&q).await;
 }

@@ -25,9 +25,20 @@ pub fn unique(name: &str) -> String {
     format!("kiln-test-{name}-{}-{nanos}", std::process::id())
 }
 
-fn kiln() -> Command {
+pub fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
 }
+
+/// The plugins a test worker has by default.
+pub const PLUGINS: [&str; 7] = [
+    "uppercase",
+    "reverse",
+    "wordcount",
+    "hostile-spin",
+    "hostile-membomb",
+    "hostile-panic",
+    "hostile-hugeout",
+];
 
 /// A `kiln worker` process on its own queue and health port.
 pub struct WorkerProc {
@@ -41,14 +52,12 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts a worker on `queue` and waits until it is ready.
     pub async fn spawn(queue: &str, env: &[(&str, &str)]) -> Self {
-        let plugins = kiln_integration_tests::plugin_dir(&[
-            "uppercase",
-            "reverse",
-            "wordcount",
-            "hostile-spin",
-            "hostile-membomb",
-            "hostile-panic",
-        ]);
+        Self::spawn_with(queue, &PLUGINS, env).await
+    }
+
+    /// Starts a worker with only `plugins` (crate names).
+    pub async fn spawn_with(queue: &str, plugins: &[&str], env: &[(&str, &str)]) -> Self {
+        let plugins = kiln_integration_tests::plugin_dir(plugins);
         let cache = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -81,6 +90,7 @@ impl WorkerProc {
         .env("KILN__AMQP__RECONNECT_INITIAL_MS", "200")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+        cmd.env("KILN__PIPELINE__CONCURRENCY", "2");
         for (k, v) in env {
             cmd.env(k, v);
         }

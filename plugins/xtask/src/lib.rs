@@ -96,9 +96,11 @@ fn ensure_target() -> Result<(), BuildError> {
     }
 }
 
-/// Removes what an outer cargo (or build script) sets, so the nested build
-/// is an ordinary one of the plugins workspace.
-fn scrub_env(cmd: &mut Command) {
+/// Removes what an outer cargo (or build script) sets, so a nested cargo
+/// builds as if run from a shell. Build scripts watch some of these
+/// variables (`ring` watches `CARGO_MANIFEST_DIR`): leaking them would
+/// rebuild half the dependency graph.
+pub fn scrub_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let outer = (key.starts_with("CARGO_") && key != "CARGO_HOME")

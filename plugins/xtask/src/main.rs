@@ -39,8 +39,8 @@ fn demo() -> Result<(), String> {
     let dir = plugins()?;
     let root = kiln_xtask::repo_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
         .args([
             "run",
             "--release",
@@ -52,9 +52,9 @@ fn demo() -> Result<(), String> {
             "--plugins",
         ])
         .arg(&dir)
-        .args(["--jobs", "examples/jobs.jsonl"])
-        .status()
-        .map_err(|e| format!("cannot run kiln: {e}"))?;
+        .args(["--jobs", "examples/jobs.jsonl"]);
+    kiln_xtask::scrub_env(&mut cmd);
+    let status = cmd.status().map_err(|e| format!("cannot run kiln: {e}"))?;
     if status.success() {
         Ok(())
     } else {

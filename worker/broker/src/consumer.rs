@@ -25,6 +25,13 @@ use crate::config::AmqpConfig;
 use crate::publisher::{Published, Publisher};
 use crate::topology::Topology;
 
+/// How long shutdown waits for the broker to answer a cancel, requeue or
+/// close before leaving the rest to the end of the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one requeue (nack) may take before it is left to the broker.
+const REQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Header carrying the 1-based attempt number of a retried job.
 pub const ATTEMPT_HEADER: &str = "x-kiln-attempt";
 /// Header carrying the error kind of a dead letter.
@@ -170,7 +177,11 @@ impl<H: JobHandler> Worker<H> {
         let (consume, publisher, probe, mut consumer) = match setup.await {
             Ok(s) => s,
             Err(e) => {
-                let _ = conn.close(200, ShortString::from("setup failed")).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    conn.close(200, ShortString::from("setup failed")),
+                )
+                .await;
                 return SessionEnd::Lost(e.to_string());
             }
         };
@@ -243,15 +254,28 @@ impl<H: JobHandler> Worker<H> {
                 // Unacked deliveries are requeued by the broker when the
                 // channel goes; in-flight jobs finish but cannot ack.
                 tasks.abort_all();
-                let _ = conn.close(200, ShortString::from("reconnecting")).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    conn.close(200, ShortString::from("reconnecting")),
+                )
+                .await;
                 SessionEnd::Lost(lost)
             }
             None => {
                 self.ready.send_replace(false);
                 self.drain(&consume, &mut consumer, tasks, &inflight, &name)
                     .await;
-                let _ = consume.close(200, ShortString::from("shutdown")).await;
-                let _ = conn.close(200, ShortString::from("shutdown")).await;
+                // A blocked connection (disk or memory alarm) never answers
+                // close: bound it, and let the socket's end requeue the rest.
+                let close = async {
+                    let _ = consume.close(200, ShortString::from("shutdown")).await;
+                    let _ = conn.close(200, ShortString::from("shutdown")).await;
+                };
+                if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+                    tracing::warn!(
+                        "broker did not answer close; leaving unacked jobs to be requeued"
+                    );
+                }
                 SessionEnd::Drained
             }
         }
@@ -269,22 +293,32 @@ impl<H: JobHandler> Worker<H> {
         tag: &str,
     ) {
         tracing::info!(in_flight = tasks.len(), "draining");
-        if let Err(error) = channel
-            .basic_cancel(
-                ShortString::from(tag.to_owned()),
-                BasicCancelOptions::default(),
-            )
-            .await
-        {
-            tracing::warn!(%error, "cannot cancel the consumer");
+        let cancel = channel.basic_cancel(
+            ShortString::from(tag.to_owned()),
+            BasicCancelOptions::default(),
+        );
+        match tokio::time::timeout(CLOSE_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot cancel the consumer"),
+            Err(_) => tracing::warn!("broker did not answer the consumer cancel"),
         }
         // Deliveries already buffered were never started: requeue at once.
         let mut requeued = 0;
-        while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+        let unstarted = async {
+            while let Ok(Some(Ok(delivery))) =
+                tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+            {
+                requeue(&delivery.acker).await;
+                requeued += 1;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, unstarted)
+            .await
+            .is_err()
         {
-            requeue(&delivery.acker).await;
-            requeued += 1;
+            tracing::warn!(
+                "requeueing prefetched jobs timed out; the broker requeues them when the connection ends"
+            );
         }
         let timeout = Duration::from_millis(self.config.shutdown_timeout_ms);
         let finished = tokio::time::timeout(timeout, async {
@@ -301,8 +335,18 @@ impl<H: JobHandler> Worker<H> {
                 .map(|(_, a)| a)
                 .collect();
             unfinished = left.len();
-            for acker in left {
-                requeue(&acker).await;
+            let requeue_all = async {
+                for acker in left {
+                    requeue(&acker).await;
+                }
+            };
+            if tokio::time::timeout(CLOSE_TIMEOUT, requeue_all)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "requeue not confirmed in time; the broker requeues unacked jobs when the connection ends"
+                );
             }
         }
         tracing::info!(
@@ -313,13 +357,22 @@ impl<H: JobHandler> Worker<H> {
     }
 }
 
+/// Nacks a delivery with requeue. Bounded: a connection blocked by a
+/// broker alarm may never take the frame, and then the end of the
+/// connection requeues the delivery anyway.
 async fn requeue(acker: &Acker) {
     let options = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = acker.nack(options).await {
-        tracing::warn!(%error, "cannot requeue a delivery; the broker will when the channel closes");
+    match tokio::time::timeout(REQUEUE_TIMEOUT, acker.nack(options)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot requeue a delivery; the broker will when the channel closes")
+        }
+        Err(_) => {
+            tracing::warn!("requeue timed out; the broker will requeue when the connection ends")
+        }
     }
 }
 
@@ -334,19 +387,12 @@ struct Job<H> {
 
 impl<H: JobHandler> Job<H> {
     async fn process(self, delivery: Delivery) {
-        let props = &delivery.properties;
-        let message_id = props.message_id().as_ref().map(ShortString::as_str);
-        let correlation_id = props.correlation_id().as_ref().map(ShortString::as_str);
-        let envelope = Envelope {
-            message_id,
-            correlation_id,
-        };
-        let attempt = header_u32(props.headers().as_ref(), ATTEMPT_HEADER)
-            .unwrap_or(1)
-            .max(1);
-        let redeliveries = header_u32(props.headers().as_ref(), "x-delivery-count").unwrap_or(0);
-
-        let handled = if redeliveries + 1 >= self.delivery_limit {
+        let Incoming {
+            envelope,
+            attempt,
+            redeliveries,
+        } = Incoming::read(&delivery.properties);
+        let handled = if redeliveries.saturating_add(1) >= self.delivery_limit {
             // The broker would dead-letter it silently on the next delivery:
             // answer and dead-letter it ourselves, with the reason.
             poison(&delivery.data, &envelope, redeliveries)
@@ -466,11 +512,16 @@ impl<H: JobHandler> Job<H> {
             ERROR_MESSAGE_HEADER.into(),
             AMQPValue::LongString(LongString::from(message.into_bytes())),
         );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // The timestamp says when it was dead-lettered (`kiln dlq list` shows the age).
         let mut props = delivery
             .properties
             .clone()
             .with_headers(headers)
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+            .with_timestamp(now);
         if props.message_id().is_none() {
             props = props.with_message_id(ShortString::from(handled.job_id.clone()));
         }
@@ -507,6 +558,32 @@ fn poison(body: &[u8], envelope: &Envelope<'_>, redeliveries: u32) -> Handled {
     }
 }
 
+/// What a delivery's AMQP properties say about its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming<'a> {
+    /// `message_id` and `correlation_id`, for the job id and the reply.
+    pub envelope: Envelope<'a>,
+    /// The 1-based attempt (`x-kiln-attempt`, default 1).
+    pub attempt: u32,
+    /// How often the broker redelivered it (`x-delivery-count`, quorum queues).
+    pub redeliveries: u32,
+}
+
+impl<'a> Incoming<'a> {
+    /// Reads the properties of any message, however malformed its headers.
+    pub fn read(props: &'a BasicProperties) -> Self {
+        let headers = props.headers().as_ref();
+        Self {
+            envelope: Envelope {
+                message_id: props.message_id().as_ref().map(ShortString::as_str),
+                correlation_id: props.correlation_id().as_ref().map(ShortString::as_str),
+            },
+            attempt: header_u32(headers, ATTEMPT_HEADER).unwrap_or(1).max(1),
+            redeliveries: header_u32(headers, "x-delivery-count").unwrap_or(0),
+        }
+    }
+}
+
 /// Reads an integer header, whatever integer type the sender used.
 pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
     let value = headers?.inner().get(name)?;
@@ -531,6 +608,59 @@ pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = AMQPValue> {
+        prop_oneof![
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            any::<i16>().prop_map(AMQPValue::ShortInt),
+            any::<u16>().prop_map(AMQPValue::ShortUInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u32>().prop_map(AMQPValue::LongUInt),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<f64>().prop_map(AMQPValue::Double),
+            any::<Vec<u8>>().prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            Just(AMQPValue::Void),
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary bodies and AMQP properties never panic: they always
+        /// give a typed outcome (a job, or a request error with a job id).
+        #[test]
+        fn any_delivery_reads_to_a_typed_outcome(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            message_id in proptest::option::of("\\PC{0,40}"),
+            correlation_id in proptest::option::of("\\PC{0,40}"),
+            attempt in proptest::option::of(value()),
+            count in proptest::option::of(value()),
+        ) {
+            let mut headers = FieldTable::default();
+            if let Some(v) = attempt {
+                headers.insert(ATTEMPT_HEADER.into(), v);
+            }
+            if let Some(v) = count {
+                headers.insert("x-delivery-count".into(), v);
+            }
+            let mut props = BasicProperties::default().with_headers(headers);
+            if let Some(m) = message_id {
+                props = props.with_message_id(ShortString::from(m));
+            }
+            if let Some(c) = correlation_id {
+                props = props.with_correlation_id(ShortString::from(c));
+            }
+            let incoming = Incoming::read(&props);
+            prop_assert!(incoming.attempt >= 1);
+            match kiln_protocol::decode_job(&body, &incoming.envelope, &kiln_protocol::DecodeLimits::default()) {
+                Ok(job) => prop_assert!(!job.job_id.is_empty()),
+                Err(e) => prop_assert!(!e.job_id.is_empty()),
+            }
+            let poisoned = poison(&body, &incoming.envelope, incoming.redeliveries);
+            prop_assert_eq!(poisoned.disposition, Disposition::ReplyAndDeadLetter);
+        }
+    }
 
     #[test]
     fn integer_headers_of_any_width() {

@@ -12,14 +12,15 @@
 
 mod config;
 mod consumer;
+pub mod dlq;
 pub mod enqueue;
 mod publisher;
 mod topology;
 
 pub use config::{AmqpConfig, QueueType, redact};
 pub use consumer::{
-    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, JobHandler, Worker, WorkerStats,
-    header_u32,
+    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, JobHandler, Worker,
+    WorkerStats, header_u32,
 };
 pub use publisher::{Published, Publisher};
 pub use topology::Topology;

@@ -64,6 +64,41 @@ enum Command {
     /// Publish jobs to the jobs queue with confirms; with --wait, collect
     /// every reply. Safe to interrupt and re-run (see docs/PROTOCOL.md).
     Enqueue(EnqueueArgs),
+    /// Inspect the dead-letter queue, or replay it after a fix.
+    Dlq {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show the dead letters (they stay in the queue): job id, plugin,
+    /// kind, message, attempts and age.
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on the jobs queue with a reset attempt count.
+    Replay {
+        /// Only this job.
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        job_id: Option<String>,
+        /// Every dead letter (narrowed by --plugin).
+        #[arg(long)]
+        all: bool,
+        /// Only jobs for this plugin.
+        #[arg(long, value_name = "NAME")]
+        plugin: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +213,9 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// Task polls between I/O polls on a busy runtime worker (tokio: 61).
+const EVENT_INTERVAL: u32 = 4;
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -191,6 +229,10 @@ pub fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Spinning guests yield at every epoch tick, so the workers never
+        // idle: poll I/O (deliveries, confirms) every few tasks rather than
+        // tokio's default 61, or broker traffic queues behind them.
+        .event_interval(EVENT_INTERVAL)
         .build()
     {
         Ok(rt) => rt,
@@ -199,7 +241,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, config)) {
+    let result = runtime.block_on(dispatch(cli.command, config));
+    // Do not wait on tasks still blocked on a broker that stopped reading
+    // (an alarm): everything that matters was settled or left to requeue.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e:#}");
@@ -239,6 +285,7 @@ async fn dispatch(command: Command, config: KilnConfig) -> anyhow::Result<ExitCo
         Command::Precompile { out } => precompile(config, out),
         Command::Worker(args) => worker(args, config).await,
         Command::Enqueue(args) => enqueue(args, config).await,
+        Command::Dlq { broker, command } => dlq(broker, command, config).await,
     }
 }
 
@@ -521,6 +568,79 @@ async fn enqueue(args: EnqueueArgs, mut config: KilnConfig) -> anyhow::Result<Ex
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn dlq(
+    broker: BrokerArgs,
+    command: DlqCommand,
+    mut config: KilnConfig,
+) -> anyhow::Result<ExitCode> {
+    use kiln_broker::dlq;
+    broker.apply(&mut config);
+    config.validate()?;
+    let topology = kiln_broker::Topology::new(&config.amqp, &config.pipeline.retry_policy());
+    let url = &config.amqp.url;
+    match command {
+        DlqCommand::List { json } => {
+            let letters = dlq::list(url, &topology).await.with_context(|| {
+                format!(
+                    "cannot read {} on {}",
+                    topology.dead,
+                    config.amqp.redacted_url()
+                )
+            })?;
+            if json {
+                for l in &letters {
+                    println!("{}", serde_json::to_string(l)?);
+                }
+            } else {
+                println!(
+                    "{:<40} {:<16} {:<18} {:>8} {:>8}  MESSAGE",
+                    "JOB ID", "PLUGIN", "KIND", "ATTEMPTS", "AGE"
+                );
+                for l in &letters {
+                    let age = l
+                        .age_secs
+                        .map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+                    println!(
+                        "{:<40} {:<16} {:<18} {:>8} {:>8}  {}",
+                        l.job_id,
+                        l.plugin.as_deref().unwrap_or("-"),
+                        l.kind,
+                        l.attempts,
+                        age,
+                        l.message
+                    );
+                }
+            }
+            eprintln!("kiln: {} dead letters in {}", letters.len(), topology.dead);
+        }
+        DlqCommand::Replay {
+            job_id,
+            all: _,
+            plugin,
+        } => {
+            let filter = dlq::ReplayFilter { job_id, plugin };
+            let replayed = dlq::replay(url, &topology, &filter)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot replay {} on {}",
+                        topology.dead,
+                        config.amqp.redacted_url()
+                    )
+                })?;
+            for l in &replayed {
+                println!("replayed {}", l.job_id);
+            }
+            eprintln!(
+                "kiln: {} dead letters replayed to {}",
+                replayed.len(),
+                topology.jobs
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn plugins(config: KilnConfig, json: bool) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,314 @@
+//! Broker-wide failures while a worker is busy: the jobs queue deleted,
+//! the broker application stopped and started, a disk alarm. These touch
+//! the whole broker, so they live in a test binary of their own (cargo runs
+//! test binaries one at a time) and run one at a time within it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+// Shared with the broker tests; this binary uses part of it.
+#[path = "../broker/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use support::{Broker, URL, WorkerProc, unique};
+use tokio::sync::{Mutex, MutexGuard};
+
+async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .arg("-q")
+        .status()
+        .unwrap();
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+fn job(id: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"job_id": id, "plugin": "uppercase", "input": "x".repeat(200)}),
+    )
+    .unwrap()
+}
+
+/// Publishes `n` jobs whose replies go to the durable queue `replies`, on a
+/// connection of its own (a blocked publisher must not block the reader).
+async fn publish(queue: &str, replies: &str, ids: impl Iterator<Item = String>) -> HashSet<String> {
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut all = HashSet::new();
+    for id in ids {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_correlation_id(ShortString::from(id.clone()))
+            .with_reply_to(ShortString::from(replies.to_owned()));
+        ch.basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue.to_owned()),
+            BasicPublishOptions::default(),
+            &job(&id),
+            props,
+        )
+        .await
+        .unwrap();
+        all.insert(id);
+    }
+    ch.wait_for_confirms().await.unwrap();
+    let _ = conn.close(200, ShortString::from("done")).await;
+    all
+}
+
+/// Collects reply job ids from the durable queue `replies` until `want` are
+/// all seen or `timeout` passes, reconnecting whenever the broker goes away.
+async fn collect(
+    replies: &str,
+    want: &HashSet<String>,
+    seen: &mut HashSet<String>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    while !want.is_subset(seen) && Instant::now() < deadline {
+        let Ok(conn) = Connection::connect(URL, ConnectionProperties::default()).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            continue;
+        };
+        let Ok(mut consumer) = ch
+            .basic_consume(
+                ShortString::from(replies.to_owned()),
+                ShortString::from(unique("c")),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        else {
+            continue;
+        };
+        while !want.is_subset(seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(Duration::from_secs(2)), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                    seen.insert(v["job_id"].as_str().unwrap().to_owned());
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) if Instant::now() >= deadline => break,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+async fn durable_reply_queue() -> String {
+    let name = unique("durable-replies");
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        ShortString::from(name.clone()),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, ShortString::from("done")).await;
+    name
+}
+
+async fn delete_queue(name: &str) {
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete(
+            ShortString::from(name.to_owned()),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_queue_deleted_and_redeclared_mid_stream() {
+    let _serial = serial().await;
+    let q = unique("deleted");
+    let replies = durable_reply_queue().await;
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let first = publish(&q, &replies, (0..2_000).map(|i| format!("a{i}"))).await;
+    let mut seen = HashSet::new();
+    collect(
+        &replies,
+        &HashSet::from(["a10".to_owned()]),
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Deleting the queue cancels the consumer (basic.cancel) and drops
+    // whatever it held: the worker must notice, re-declare and resume.
+    Broker::connect().await.delete_all(&q).await;
+    assert!(worker.wait_ready(true, Duration::from_secs(30)).await);
+    let started = Instant::now();
+    loop {
+        // The queue comes back when the worker re-declares it.
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if ch
+            .queue_declare(ShortString::from(q.clone()), passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never re-declared its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = publish(&q, &replies, (0..500).map(|i| format!("b{i}"))).await;
+    collect(&replies, &second, &mut seen, Duration::from_secs(60)).await;
+    assert!(
+        second.is_subset(&seen),
+        "jobs published after the re-declare were not all answered"
+    );
+    assert!(!first.is_empty());
+    worker.stop().await;
+    Broker::connect().await.delete_all(&q).await;
+    delete_queue(&replies).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_stop_app_and_start_app_mid_stream_loses_nothing() {
+    let _serial = serial().await;
+    let q = unique("stopapp");
+    let replies = durable_reply_queue().await;
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let ids = publish(&q, &replies, (0..5_000).map(|i| format!("s{i}"))).await;
+    let mut seen = HashSet::new();
+    collect(
+        &replies,
+        &HashSet::from(["s100".to_owned()]),
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    rabbitmqctl(&["stop_app"]);
+    let not_ready = worker.wait_ready(false, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    assert!(not_ready, "readyz stayed true while the broker was down");
+    assert!(
+        worker.wait_ready(true, Duration::from_secs(60)).await,
+        "worker did not reconnect"
+    );
+    collect(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
+    let missing: Vec<_> = ids.difference(&seen).take(5).collect();
+    assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
+    worker.stop().await;
+    Broker::connect().await.delete_all(&q).await;
+    delete_queue(&replies).await;
+}
+
+/// Restores the broker's disk limit even if the test fails.
+struct DiskAlarm(String);
+
+impl DiskAlarm {
+    fn raise() -> Self {
+        let out = Command::new("rabbitmqctl")
+            .args(["eval", "rabbit_disk_monitor:get_disk_free_limit()."])
+            .output()
+            .unwrap();
+        let original = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            original.parse::<u64>().is_ok(),
+            "cannot read the disk limit: {original:?}"
+        );
+        // Far above any free space: the alarm goes off at the next check.
+        rabbitmqctl(&["set_disk_free_limit", "100000GB"]);
+        Self(original)
+    }
+}
+
+impl Drop for DiskAlarm {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["set_disk_free_limit", &self.0, "-q"])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_time() {
+    let _serial = serial().await;
+    let q = unique("disk");
+    let replies = durable_reply_queue().await;
+    let env = [("KILN__AMQP__SHUTDOWN_TIMEOUT_MS", "3000")];
+    let worker = WorkerProc::spawn(&q, &env).await;
+    let ids = publish(&q, &replies, (0..3_000).map(|i| format!("d{i}"))).await;
+    let mut seen = HashSet::new();
+    collect(
+        &replies,
+        &HashSet::from(["d100".to_owned()]),
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let alarm = DiskAlarm::raise();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Publishing is blocked, but the worker stays up and healthy.
+    assert!(
+        worker.ready(),
+        "worker reported not ready during a disk alarm"
+    );
+    // SIGTERM still exits on time: shutdown_timeout (3 s) plus slack.
+    let started = Instant::now();
+    let status = worker.stop().await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        started.elapsed()
+    );
+
+    drop(alarm);
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    collect(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
+    let missing: Vec<_> = ids.difference(&seen).take(5).collect();
+    assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
+    worker.stop().await;
+    Broker::connect().await.delete_all(&q).await;
+    delete_queue(&replies).await;
+}
