@@ -449,3 +449,62 @@ async fn dlq_list_and_replay_after_a_fix() {
     worker.stop().await;
     broker.delete_all(&q).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_jobs_do_not_hold_up_normal_jobs() {
+    let q = unique("hostile");
+    // Spinners yield to the runtime at every epoch tick, so with more job
+    // slots than spinners, normal jobs flow while they spin.
+    let env = [
+        ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "2000"),
+        // Enough fuel that the spinners run into their deadline.
+        ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
+        ("KILN__PIPELINE__CONCURRENCY", "8"),
+        ("KILN__PIPELINE__MAX_ATTEMPTS", "1"),
+    ];
+    let worker = WorkerProc::spawn(&q, &env).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let mut jobs = Vec::new();
+    for i in 0..200 {
+        if i % 50 == 0 {
+            jobs.push((
+                format!("spin{i}"),
+                job(&format!("spin{i}"), "hostile-spin", "x"),
+            ));
+            jobs.push((
+                format!("bomb{i}"),
+                job(&format!("bomb{i}"), "hostile-membomb", "x"),
+            ));
+        }
+        jobs.push((format!("n{i}"), job(&format!("n{i}"), "uppercase", "x")));
+    }
+    // Published in one go (confirms awaited at the end), so every normal job
+    // is queued long before the first spinner's deadline.
+    broker.publish_many(&q, &jobs, &replies.name).await;
+    let got = replies.take(jobs.len(), Duration::from_secs(60)).await;
+    assert_eq!(got.len(), jobs.len());
+    let position = |prefix: &str, last: bool| {
+        let matches = |r: &&support::Received| {
+            r.correlation_id
+                .as_deref()
+                .is_some_and(|c| c.starts_with(prefix))
+        };
+        if last {
+            got.iter().rposition(|r| matches(&r))
+        } else {
+            got.iter().position(|r| matches(&r))
+        }
+        .unwrap()
+    };
+    let (last_normal, first_spin) = (position("n", true), position("spin", false));
+    let spin: serde_json::Value = serde_json::from_slice(&got[first_spin].body).unwrap();
+    assert_eq!(spin["error"]["kind"], "timeout");
+    // Every normal job was answered before the first spinner hit its deadline.
+    assert!(
+        last_normal < first_spin,
+        "a normal job waited for a spinner ({last_normal} vs {first_spin})"
+    );
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}

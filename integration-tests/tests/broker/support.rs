@@ -79,17 +79,13 @@ impl WorkerProc {
         .arg(plugins.path())
         .arg("--cache")
         .arg(cache.path())
-        .args([
-            "--http-listen",
-            &format!("127.0.0.1:{port}"),
-            "--concurrency",
-            "2",
-        ])
-        .env("RUST_LOG", "warn")
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
         .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
         .env("KILN__AMQP__RECONNECT_INITIAL_MS", "200")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+        // Two job slots unless the test says otherwise.
         cmd.env("KILN__PIPELINE__CONCURRENCY", "2");
         for (k, v) in env {
             cmd.env(k, v);

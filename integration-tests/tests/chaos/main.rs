@@ -293,12 +293,13 @@ async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_tim
         worker.ready(),
         "worker reported not ready during a disk alarm"
     );
-    // SIGTERM still exits on time: shutdown_timeout (3 s) plus slack.
+    // SIGTERM still exits on time: shutdown_timeout (3 s), plus at most 2 s
+    // before and 2 s after it for a broker that does not answer, plus slack.
     let started = Instant::now();
     let status = worker.stop().await;
     assert_eq!(status.code(), Some(0));
     assert!(
-        started.elapsed() < Duration::from_secs(15),
+        started.elapsed() < Duration::from_secs(12),
         "exit took {:?}",
         started.elapsed()
     );

@@ -27,7 +27,7 @@ use crate::topology::Topology;
 
 /// How long shutdown waits for the broker to answer a cancel, requeue or
 /// close before leaving the rest to the end of the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long one requeue (nack) may take before it is left to the broker.
 const REQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -210,6 +210,7 @@ impl<H: JobHandler> Worker<H> {
                         None => break Some("consumer cancelled by the broker".to_owned()),
                     };
                     last_delivery = Instant::now();
+                    tracing::debug!(delivery_tag = delivery.delivery_tag, free_slots = slots.available_permits(), "delivery received");
                     let permit = tokio::select! {
                         p = slots.clone().acquire_owned() => p,
                         _ = stop.wait_for(|s| *s) => {
@@ -263,29 +264,23 @@ impl<H: JobHandler> Worker<H> {
             }
             None => {
                 self.ready.send_replace(false);
-                self.drain(&consume, &mut consumer, tasks, &inflight, &name)
+                self.drain(&conn, &consume, &mut consumer, tasks, &inflight, &name)
                     .await;
-                // A blocked connection (disk or memory alarm) never answers
-                // close: bound it, and let the socket's end requeue the rest.
-                let close = async {
-                    let _ = consume.close(200, ShortString::from("shutdown")).await;
-                    let _ = conn.close(200, ShortString::from("shutdown")).await;
-                };
-                if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
-                    tracing::warn!(
-                        "broker did not answer close; leaving unacked jobs to be requeued"
-                    );
-                }
                 SessionEnd::Drained
             }
         }
     }
 
-    /// Graceful drain: cancel the consumer, requeue what was prefetched but
-    /// not started, let in-flight jobs finish (reply and ack) within the
-    /// shutdown timeout, and requeue whatever is still unfinished.
+    /// Graceful drain: cancel the consumer and requeue what was prefetched
+    /// but not started (together bounded by [`CLOSE_TIMEOUT`]), let
+    /// in-flight jobs finish (reply and ack) within the shutdown timeout,
+    /// then requeue whatever is still unfinished and close (again bounded by
+    /// [`CLOSE_TIMEOUT`]). A broker that stops reading (a disk or memory
+    /// alarm) therefore delays the exit by at most twice that: what could
+    /// not be requeued is requeued by the broker when the connection ends.
     async fn drain(
         &self,
+        conn: &Connection,
         channel: &lapin::Channel,
         consumer: &mut lapin::Consumer,
         mut tasks: tokio::task::JoinSet<()>,
@@ -293,18 +288,16 @@ impl<H: JobHandler> Worker<H> {
         tag: &str,
     ) {
         tracing::info!(in_flight = tasks.len(), "draining");
-        let cancel = channel.basic_cancel(
-            ShortString::from(tag.to_owned()),
-            BasicCancelOptions::default(),
-        );
-        match tokio::time::timeout(CLOSE_TIMEOUT, cancel).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "cannot cancel the consumer"),
-            Err(_) => tracing::warn!("broker did not answer the consumer cancel"),
-        }
-        // Deliveries already buffered were never started: requeue at once.
         let mut requeued = 0;
-        let unstarted = async {
+        let stop_consuming = async {
+            let cancel = channel.basic_cancel(
+                ShortString::from(tag.to_owned()),
+                BasicCancelOptions::default(),
+            );
+            if let Err(error) = cancel.await {
+                tracing::warn!(%error, "cannot cancel the consumer");
+            }
+            // Deliveries already buffered were never started: requeue at once.
             while let Ok(Some(Ok(delivery))) =
                 tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
             {
@@ -312,12 +305,12 @@ impl<H: JobHandler> Worker<H> {
                 requeued += 1;
             }
         };
-        if tokio::time::timeout(CLOSE_TIMEOUT, unstarted)
+        if tokio::time::timeout(CLOSE_TIMEOUT, stop_consuming)
             .await
             .is_err()
         {
             tracing::warn!(
-                "requeueing prefetched jobs timed out; the broker requeues them when the connection ends"
+                "broker did not answer the cancel in time; it requeues prefetched jobs when the connection ends"
             );
         }
         let timeout = Duration::from_millis(self.config.shutdown_timeout_ms);
@@ -325,33 +318,32 @@ impl<H: JobHandler> Worker<H> {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        let mut unfinished = 0;
+        let mut unfinished = Vec::new();
         if finished.is_err() {
             tasks.abort_all();
-            let left: Vec<Acker> = inflight
+            unfinished = inflight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .drain()
                 .map(|(_, a)| a)
                 .collect();
-            unfinished = left.len();
-            let requeue_all = async {
-                for acker in left {
-                    requeue(&acker).await;
-                }
-            };
-            if tokio::time::timeout(CLOSE_TIMEOUT, requeue_all)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "requeue not confirmed in time; the broker requeues unacked jobs when the connection ends"
-                );
+        }
+        let left = unfinished.len();
+        let finish = async {
+            for acker in unfinished {
+                requeue(&acker).await;
             }
+            let _ = channel.close(200, ShortString::from("shutdown")).await;
+            let _ = conn.close(200, ShortString::from("shutdown")).await;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, finish).await.is_err() {
+            tracing::warn!(
+                "broker did not answer close in time; it requeues unacked jobs when the connection ends"
+            );
         }
         tracing::info!(
             requeued_unstarted = requeued,
-            requeued_unfinished = unfinished,
+            requeued_unfinished = left,
             "drained"
         );
     }

@@ -213,9 +213,6 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-/// Task polls between I/O polls on a busy runtime worker (tokio: 61).
-const EVENT_INTERVAL: u32 = 4;
-
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -229,10 +226,6 @@ pub fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Spinning guests yield at every epoch tick, so the workers never
-        // idle: poll I/O (deliveries, confirms) every few tasks rather than
-        // tokio's default 61, or broker traffic queues behind them.
-        .event_interval(EVENT_INTERVAL)
         .build()
     {
         Ok(rt) => rt,
