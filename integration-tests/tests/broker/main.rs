@@ -244,16 +244,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let first = replies.take(2_000, Duration::from_secs(60)).await;
     worker.kill9();
     let worker = WorkerProc::spawn(&q, &[]).await;
-    let rest = replies
-        .take_until_ids(&ids, &first, Duration::from_secs(120))
+    replies
+        .assert_all_answered(&ids, &first, Duration::from_secs(120))
         .await;
-    let answered: HashSet<String> = first
-        .iter()
-        .chain(rest.iter())
-        .map(|r| r.job_id())
-        .collect();
-    assert_eq!(answered.len(), 10_000, "every job answered at least once");
-    assert_eq!(answered, ids);
     worker.stop().await;
     broker.delete_all(&q).await;
 }
@@ -270,15 +263,9 @@ async fn sigterm_while_busy_finishes_in_flight_and_exits_0() {
     assert_eq!(status.code(), Some(0));
     // Nothing was lost: a new worker answers the rest.
     let worker = WorkerProc::spawn(&q, &[]).await;
-    let rest = replies
-        .take_until_ids(&ids, &first, Duration::from_secs(120))
+    replies
+        .assert_all_answered(&ids, &first, Duration::from_secs(120))
         .await;
-    let answered: HashSet<String> = first
-        .iter()
-        .chain(rest.iter())
-        .map(|r| r.job_id())
-        .collect();
-    assert_eq!(answered, ids);
     worker.stop().await;
     broker.delete_all(&q).await;
 }
@@ -301,15 +288,9 @@ async fn connection_closed_by_the_broker_reconnects_and_loses_nothing() {
         worker.wait_ready(true, Duration::from_secs(30)).await,
         "worker did not come back"
     );
-    let rest = replies
-        .take_until_ids(&ids, &first, Duration::from_secs(120))
+    replies
+        .assert_all_answered(&ids, &first, Duration::from_secs(120))
         .await;
-    let answered: HashSet<String> = first
-        .iter()
-        .chain(rest.iter())
-        .map(|r| r.job_id())
-        .collect();
-    assert_eq!(answered, ids);
     worker.stop().await;
     broker.delete_all(&q).await;
 }
@@ -446,65 +427,6 @@ async fn dlq_list_and_replay_after_a_fix() {
         })
         .collect();
     assert_eq!(outputs, HashSet::from(["cba".to_owned(), "zyx".to_owned()]));
-    worker.stop().await;
-    broker.delete_all(&q).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_jobs_do_not_hold_up_normal_jobs() {
-    let q = unique("hostile");
-    // Spinners yield to the runtime at every epoch tick, so with more job
-    // slots than spinners, normal jobs flow while they spin.
-    let env = [
-        ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "2000"),
-        // Enough fuel that the spinners run into their deadline.
-        ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
-        ("KILN__PIPELINE__CONCURRENCY", "8"),
-        ("KILN__PIPELINE__MAX_ATTEMPTS", "1"),
-    ];
-    let worker = WorkerProc::spawn(&q, &env).await;
-    let broker = Broker::connect().await;
-    let replies = broker.reply_queue().await;
-    let mut jobs = Vec::new();
-    for i in 0..200 {
-        if i % 50 == 0 {
-            jobs.push((
-                format!("spin{i}"),
-                job(&format!("spin{i}"), "hostile-spin", "x"),
-            ));
-            jobs.push((
-                format!("bomb{i}"),
-                job(&format!("bomb{i}"), "hostile-membomb", "x"),
-            ));
-        }
-        jobs.push((format!("n{i}"), job(&format!("n{i}"), "uppercase", "x")));
-    }
-    // Published in one go (confirms awaited at the end), so every normal job
-    // is queued long before the first spinner's deadline.
-    broker.publish_many(&q, &jobs, &replies.name).await;
-    let got = replies.take(jobs.len(), Duration::from_secs(60)).await;
-    assert_eq!(got.len(), jobs.len());
-    let position = |prefix: &str, last: bool| {
-        let matches = |r: &&support::Received| {
-            r.correlation_id
-                .as_deref()
-                .is_some_and(|c| c.starts_with(prefix))
-        };
-        if last {
-            got.iter().rposition(|r| matches(&r))
-        } else {
-            got.iter().position(|r| matches(&r))
-        }
-        .unwrap()
-    };
-    let (last_normal, first_spin) = (position("n", true), position("spin", false));
-    let spin: serde_json::Value = serde_json::from_slice(&got[first_spin].body).unwrap();
-    assert_eq!(spin["error"]["kind"], "timeout");
-    // Every normal job was answered before the first spinner hit its deadline.
-    assert!(
-        last_normal < first_spin,
-        "a normal job waited for a spinner ({last_normal} vs {first_spin})"
-    );
     worker.stop().await;
     broker.delete_all(&q).await;
 }

@@ -329,19 +329,7 @@ impl Broker {
             )
             .await
             .unwrap();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + timeout;
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    got.push(received(&d));
-                    d.ack(BasicAckOptions::default()).await.unwrap();
-                }
-                _ => break,
-            }
-        }
-        got
+        take_from(&mut consumer, n, timeout).await
     }
 
     /// Deletes the jobs queue and every queue derived from it.
@@ -364,20 +352,7 @@ impl Broker {
 impl Replies {
     /// Takes up to `n` replies within `timeout`.
     pub async fn take(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        let mut consumer = self.consumer.lock().await;
-        let mut got = Vec::with_capacity(n);
-        let deadline = Instant::now() + timeout;
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    got.push(received(&d));
-                    d.ack(BasicAckOptions::default()).await.unwrap();
-                }
-                _ => break,
-            }
-        }
-        got
+        take_from(&mut *self.consumer.lock().await, n, timeout).await
     }
 
     /// Takes replies until every id in `ids` not answered in `already` is.
@@ -402,6 +377,47 @@ impl Replies {
         }
         got
     }
+
+    /// Collects replies until every job in `ids` is answered (counting
+    /// `already`), and asserts that none is missing.
+    pub async fn assert_all_answered(
+        &self,
+        ids: &HashSet<String>,
+        already: &[Received],
+        timeout: Duration,
+    ) {
+        let rest = self.take_until_ids(ids, already, timeout).await;
+        let answered: HashSet<String> = already
+            .iter()
+            .chain(rest.iter())
+            .map(Received::job_id)
+            .collect();
+        let missing: Vec<_> = ids.difference(&answered).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} jobs unanswered, e.g. {missing:?}",
+            ids.len() - answered.len().min(ids.len()),
+            ids.len()
+        );
+        assert_eq!(&answered, ids, "replies for jobs that were never sent");
+    }
+}
+
+/// Takes (and acks) up to `n` messages from `consumer` within `timeout`.
+async fn take_from(consumer: &mut lapin::Consumer, n: usize, timeout: Duration) -> Vec<Received> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = Instant::now() + timeout;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                got.push(received(&d));
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            }
+            _ => break,
+        }
+    }
+    got
 }
 
 /// Closes one connection by its client-provided name, as an operator would.

@@ -1,7 +1,9 @@
 //! Broker-wide failures while a worker is busy: the jobs queue deleted,
-//! the broker application stopped and started, a disk alarm. These touch
-//! the whole broker, so they live in a test binary of their own (cargo runs
-//! test binaries one at a time) and run one at a time within it.
+//! the broker application stopped and started, a disk alarm; and hostile
+//! jobs mixed into normal ones, whose assertion is about timing. These touch
+//! the whole broker or need a quiet machine, so they live in a test binary
+//! of their own (cargo runs test binaries one at a time) and run one at a
+//! time within it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -36,6 +38,10 @@ fn rabbitmqctl(args: &[&str]) {
         .status()
         .unwrap();
     assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+fn plugin_job(id: &str, plugin: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": "x"})).unwrap()
 }
 
 fn job(id: &str) -> Vec<u8> {
@@ -312,4 +318,65 @@ async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_tim
     worker.stop().await;
     Broker::connect().await.delete_all(&q).await;
     delete_queue(&replies).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_jobs_do_not_hold_up_normal_jobs() {
+    // Timing-sensitive: here, where nothing else runs beside it.
+    let _serial = serial().await;
+    let q = unique("hostile");
+    // Spinners yield to the runtime at every epoch tick, so with more job
+    // slots than spinners, normal jobs flow while they spin.
+    let env = [
+        ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "3000"),
+        // Enough fuel that the spinners run into their deadline.
+        ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
+        ("KILN__PIPELINE__CONCURRENCY", "8"),
+        ("KILN__PIPELINE__MAX_ATTEMPTS", "1"),
+    ];
+    let worker = WorkerProc::spawn(&q, &env).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    let mut jobs = Vec::new();
+    for i in 0..200 {
+        if i % 50 == 0 {
+            jobs.push((
+                format!("spin{i}"),
+                plugin_job(&format!("spin{i}"), "hostile-spin"),
+            ));
+            jobs.push((
+                format!("bomb{i}"),
+                plugin_job(&format!("bomb{i}"), "hostile-membomb"),
+            ));
+        }
+        jobs.push((format!("n{i}"), plugin_job(&format!("n{i}"), "uppercase")));
+    }
+    // Published in one go (confirms awaited at the end), so every normal job
+    // is queued long before the first spinner's deadline.
+    broker.publish_many(&q, &jobs, &replies.name).await;
+    let got = replies.take(jobs.len(), Duration::from_secs(60)).await;
+    assert_eq!(got.len(), jobs.len());
+    let position = |prefix: &str, last: bool| {
+        let matches = |r: &&support::Received| {
+            r.correlation_id
+                .as_deref()
+                .is_some_and(|c| c.starts_with(prefix))
+        };
+        if last {
+            got.iter().rposition(|r| matches(&r))
+        } else {
+            got.iter().position(|r| matches(&r))
+        }
+        .unwrap()
+    };
+    let (last_normal, first_spin) = (position("n", true), position("spin", false));
+    let spin: serde_json::Value = serde_json::from_slice(&got[first_spin].body).unwrap();
+    assert_eq!(spin["error"]["kind"], "timeout");
+    // Every normal job was answered before the first spinner hit its deadline.
+    assert!(
+        last_normal < first_spin,
+        "a normal job waited for a spinner ({last_normal} vs {first_spin})"
+    );
+    worker.stop().await;
+    broker.delete_all(&q).await;
 }
