@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection};
 
 use crate::consumer::{ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, header_u32};
 use crate::{BrokerError, Topology};
@@ -92,12 +92,7 @@ fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
 }
 
 async fn open(url: &str) -> Result<(Connection, Channel), BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name(
-        lapin::types::LongString::from(format!("kiln-dlq-{}", std::process::id()).into_bytes()),
-    );
-    let conn = Connection::connect(url, props)
-        .await
-        .map_err(BrokerError::Channel)?;
+    let conn = crate::connect(url, &format!("kiln-dlq-{}", std::process::id())).await?;
     let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
     Ok((conn, channel))
 }

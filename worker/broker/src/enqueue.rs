@@ -22,7 +22,7 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation};
 
 use crate::{BrokerError, Topology};
 
@@ -75,7 +75,11 @@ pub async fn publish_jobs(
     skip: &HashSet<String>,
     mut progress: impl FnMut(),
 ) -> Result<usize, BrokerError> {
-    let conn = connect(&options.url, "kiln-enqueue").await?;
+    let conn = crate::connect(
+        &options.url,
+        &format!("kiln-enqueue-{}", std::process::id()),
+    )
+    .await?;
     let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
     topology.declare(&channel).await?;
     if let Some(q) = &options.reply_queue {
@@ -149,7 +153,7 @@ pub async fn collect_replies(
     idle: Duration,
     mut on_reply: impl FnMut(&str, &[u8], Option<&Reply>) -> std::io::Result<()>,
 ) -> Result<HashSet<String>, BrokerError> {
-    let conn = connect(url, "kiln-enqueue-replies").await?;
+    let conn = crate::connect(url, &format!("kiln-enqueue-replies-{}", std::process::id())).await?;
     let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
     let mut consumer = channel
         .basic_consume(
@@ -194,15 +198,6 @@ pub async fn collect_replies(
     }
     let _ = conn.close(200, ShortString::from("done")).await;
     Ok(waiting)
-}
-
-async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name(
-        lapin::types::LongString::from(format!("{name}-{}", std::process::id()).into_bytes()),
-    );
-    Connection::connect(url, props)
-        .await
-        .map_err(BrokerError::Channel)
 }
 
 #[cfg(test)]

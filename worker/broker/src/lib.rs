@@ -53,3 +53,13 @@ pub enum BrokerError {
     #[error("cannot write replies: {0}")]
     Output(String),
 }
+
+/// Opens a connection that announces `name` to the broker (shown by
+/// `rabbitmqctl list_connections`).
+pub(crate) async fn connect(url: &str, name: &str) -> Result<lapin::Connection, BrokerError> {
+    let props = lapin::ConnectionProperties::default()
+        .with_connection_name(lapin::types::LongString::from(name.as_bytes().to_vec()));
+    lapin::Connection::connect(url, props)
+        .await
+        .map_err(BrokerError::Channel)
+}
