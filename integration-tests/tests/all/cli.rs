@@ -251,3 +251,48 @@ fn bad_config_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
 }
+
+#[test]
+fn config_check_prints_the_effective_config_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("amqp-url");
+    std::fs::write(&secret, "amqp://kiln:hunter2@rabbit.example:5672/%2f\n").unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nconcurrency = 3\n[amqp]\nprefetch = 7\nurl_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(kiln_bin())
+        .args(["--config-file", config.to_str().unwrap(), "config", "check"])
+        // The environment layer wins over the file.
+        .env("KILN__AMQP__PREFETCH", "9")
+        // A Kubernetes service variable must not break the strict config.
+        .env("KILN_SERVICE_HOST", "10.0.0.1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {:?}", out.stderr);
+    let printed: toml::Table = stdout.parse().unwrap();
+    assert_eq!(printed["pipeline"]["concurrency"].as_integer(), Some(3));
+    assert_eq!(printed["amqp"]["prefetch"].as_integer(), Some(9));
+    assert_eq!(
+        printed["amqp"]["url"].as_str(),
+        Some("amqp://kiln:***@rabbit.example:5672/%2f")
+    );
+    assert!(!stdout.contains("hunter2"));
+
+    // The same check fails with exit 2, naming the key, on an impossible value.
+    let out = Command::new(kiln_bin())
+        .args(["--config-file", config.to_str().unwrap(), "config", "check"])
+        .env("KILN__AMQP__PREFETCH", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("amqp.prefetch"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -10,6 +10,9 @@ pub struct AmqpConfig {
     /// [`AmqpConfig::redacted_url`]). Default:
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
+    /// A file holding the broker URL (a mounted Kubernetes Secret). When
+    /// set, its trimmed contents replace `url` at load. Default: none.
+    pub url_file: Option<std::path::PathBuf>,
     /// The jobs queue. Every other name derives from it: `<queue>.dead`,
     /// `<queue>.retry.<n>`, `<queue>.results`. Default: `kiln.jobs`.
     pub queue: String,
@@ -46,6 +49,7 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            url_file: None,
             queue: "kiln.jobs".into(),
             queue_type: QueueType::Quorum,
             prefetch: 64,

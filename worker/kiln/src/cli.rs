@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::KilnConfig;
+use crate::config::{KilnConfig, LogConfig, LogFormat};
 use crate::embedded::{self, BarProgress, Io, PlainProgress};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +64,11 @@ enum Command {
     /// Publish jobs to the jobs queue with confirms; with --wait, collect
     /// every reply. Safe to interrupt and re-run (see docs/PROTOCOL.md).
     Enqueue(EnqueueArgs),
+    /// Inspect the effective config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Inspect the dead-letter queue, or replay it after a fix.
     Dlq {
         #[command(flatten)]
@@ -71,6 +76,14 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective config (defaults, then the file, then `KILN__*`
+    /// variables) as TOML with secrets redacted, and warn about settings
+    /// that will not fit the container. Exit 2 if it is invalid.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,7 +229,6 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let config = match load_config(&cli.global) {
         Ok(c) => c,
         Err(e) => {
@@ -224,6 +236,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_tracing(&config.log);
+    if let Command::Config {
+        command: ConfigCommand::Check,
+    } = cli.command
+    {
+        return config_check(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -247,17 +266,41 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // `validate` checked `log.filter`; a bad `RUST_LOG` falls back to it.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
+    let json = match log.format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+    };
+    if json {
         builder.json().init();
+    } else {
+        builder.init();
     }
+}
+
+/// `kiln config check`: the effective config, redacted, on stdout; the
+/// warnings on stderr.
+fn config_check(config: &KilnConfig) -> ExitCode {
+    match toml::to_string_pretty(&config.redacted()) {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("kiln: cannot print the config: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    for warning in config.warnings(crate::config::cgroup_memory_limit()) {
+        eprintln!("kiln: warning: {warning}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn load_config(global: &Global) -> anyhow::Result<KilnConfig> {
@@ -279,6 +322,7 @@ async fn dispatch(command: Command, config: KilnConfig) -> anyhow::Result<ExitCo
         Command::Worker(args) => worker(args, config).await,
         Command::Enqueue(args) => enqueue(args, config).await,
         Command::Dlq { broker, command } => dlq(broker, command, config).await,
+        Command::Config { .. } => Ok(config_check(&config)),
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/kiln/kiln.toml";
 
 /// Everything Kiln reads at start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KilnConfig {
     /// Directory scanned for plugin `*.wasm` files. Default: `plugins`.
@@ -27,8 +27,43 @@ pub struct KilnConfig {
     pub pipeline: PipelineConfig,
     /// The broker (`kiln worker`, `kiln enqueue`, `kiln dlq`).
     pub amqp: AmqpConfig,
-    /// The health endpoints.
+    /// The health and metrics endpoints.
     pub http: HttpConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// Log output (to stderr).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `auto` (human-readable on a terminal, JSON lines otherwise), `json`
+    /// or `text`. Default: `auto`.
+    pub format: LogFormat,
+    /// The filter used when `RUST_LOG` is unset, in the same syntax (for
+    /// example `info,kiln_broker=debug`). Default: `warn`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: "warn".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    Auto,
+    /// One JSON object per line, for cluster log pipelines.
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
 /// The HTTP server of `kiln worker`: `/healthz` (liveness) and `/readyz`
@@ -150,9 +185,60 @@ impl KilnConfig {
                 .separator("__")
                 .try_parsing(true),
         );
-        let config: Self = builder.build()?.try_deserialize()?;
+        let mut config: Self = builder.build()?.try_deserialize()?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replaces `amqp.url` with the contents of `amqp.url_file`, if set. The
+    /// error names the file, never its contents.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.amqp.url_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key: "amqp.url_file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            self.amqp.url = text.trim().to_owned();
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print: the AMQP password is replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        copy.amqp.url = self.amqp.redacted_url();
+        copy
+    }
+
+    /// The most memory the jobs can hold at once, in bytes: every job slot
+    /// at its memory cap, plus the pool's resident pages kept per slot.
+    pub fn peak_job_memory(&self) -> u64 {
+        let slots = self.pipeline.effective_concurrency() as u64;
+        let limits = &self.sandbox.limits;
+        let pool = &self.sandbox.pool;
+        slots * limits.memory_bytes as u64
+            + u64::from(pool.max_instances) * pool.keep_resident_bytes as u64
+    }
+
+    /// Settings that load but will hurt in production, given the container's
+    /// memory limit (`None`: unlimited or unknown).
+    pub fn warnings(&self, memory_limit: Option<u64>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let peak = self.peak_job_memory();
+        if let Some(limit) = memory_limit.filter(|&limit| peak > limit) {
+            warnings.push(format!(
+                "pipeline.concurrency ({}) x sandbox.limits.memory_bytes ({}) plus the pool's \
+                 resident pages ({} instances x {} bytes) is {peak} bytes, above the \
+                 container memory limit of {limit} bytes: a burst of large jobs can get \
+                 the worker OOM-killed",
+                self.pipeline.effective_concurrency(),
+                self.sandbox.limits.memory_bytes,
+                self.sandbox.pool.max_instances,
+                self.sandbox.pool.keep_resident_bytes,
+            ));
+        }
+        warnings
     }
 
     /// Rejects values that parse but cannot work.
@@ -191,8 +277,38 @@ impl KilnConfig {
         if self.amqp.queue.is_empty() {
             return invalid("amqp.queue", "must not be empty");
         }
+        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+            // Never echo the value: it may hold a password.
+            let key = match self.amqp.url_file {
+                Some(_) => "amqp.url_file",
+                None => "amqp.url",
+            };
+            return invalid(key, "must be an amqp:// or amqps:// URL");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return invalid("log.filter", "is not a valid RUST_LOG filter");
+        }
         Ok(())
     }
+}
+
+/// The memory limit of the cgroup this process runs in, in bytes, or `None`
+/// when unlimited or not in a cgroup (cgroup v2, then v1).
+pub fn cgroup_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|text| parse_memory_limit(&text))
+}
+
+/// Parses a cgroup memory limit file: `max` (v2) or a near-`i64::MAX` page
+/// multiple (v1) mean unlimited.
+fn parse_memory_limit(text: &str) -> Option<u64> {
+    let limit: u64 = text.trim().parse().ok()?;
+    (limit < 1 << 60).then_some(limit)
 }
 
 #[cfg(test)]
@@ -231,9 +347,69 @@ mod tests {
                 "sandbox.limits.timeout_ms",
             ),
             ("[pipeline]\nmax_attempts = 0\n", "pipeline.max_attempts"),
+            ("[amqp]\nurl = \"http://u:hunter2@h\"\n", "amqp.url"),
+            ("[log]\nformat = \"xml\"\n", "format"),
+            ("[log]\nfilter = \"[[[\"\n", "log.filter"),
         ] {
             let err = load_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn bad_url_is_named_but_never_echoed() {
+        let err = load_toml("[amqp]\nurl = \"http://u:hunter2@h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn url_file_replaces_the_url_and_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("amqp-url");
+        std::fs::write(&secret, "amqp://kiln:hunter2@rabbit:5672/%2f\n").unwrap();
+        let text = format!("[amqp]\nurl_file = {:?}\n", secret.display().to_string());
+        let c = load_toml(&text).unwrap();
+        assert_eq!(c.amqp.url, "amqp://kiln:hunter2@rabbit:5672/%2f");
+        let printed = toml::to_string(&c.redacted()).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("kiln:***@rabbit"), "{printed}");
+
+        std::fs::remove_file(&secret).unwrap();
+        let err = load_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("amqp.url_file"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_loads_back_unchanged() {
+        let c = load_toml("[pipeline]\nconcurrency = 7\n[log]\nformat = \"json\"\n").unwrap();
+        let again = load_toml(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn memory_warning_compares_peak_with_the_limit() {
+        let c =
+            load_toml("[pipeline]\nconcurrency = 4\n[sandbox.limits]\nmemory_bytes = 67108864\n")
+                .unwrap();
+        let peak = c.peak_job_memory();
+        assert!(peak >= 4 * 64 << 20);
+        assert!(c.warnings(None).is_empty());
+        assert!(c.warnings(Some(peak)).is_empty());
+        let warnings = c.warnings(Some(peak - 1));
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("pipeline.concurrency (4)"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn cgroup_limits_parse() {
+        assert_eq!(parse_memory_limit("max\n"), None);
+        assert_eq!(parse_memory_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_memory_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_memory_limit("garbage"), None);
     }
 }

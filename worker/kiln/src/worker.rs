@@ -38,6 +38,9 @@ pub async fn run(config: &KilnConfig, pipeline: Arc<Pipeline>) -> anyhow::Result
     });
 
     tracing::info!(url = %config.amqp.redacted_url(), queue = %config.amqp.queue, concurrency, "worker starting");
+    for warning in config.warnings(crate::config::cgroup_memory_limit()) {
+        tracing::warn!(%warning, "config does not fit the container");
+    }
     worker.run(stop_rx).await;
     health.abort();
     tracing::info!("worker stopped");
