@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod lang;
+
 /// The wasm target every Rust plugin builds for.
 pub const TARGET: &str = "wasm32-wasip2";
 

