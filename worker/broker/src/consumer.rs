@@ -17,7 +17,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::BrokerError;
@@ -230,9 +230,8 @@ impl<H: JobHandler> Worker<H> {
                     let inflight = inflight.clone();
                     tasks.spawn(async move {
                         let tag = delivery.delivery_tag;
-                        job.process(delivery).await;
+                        job.process(delivery, permit).await;
                         inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
-                        drop(permit);
                     });
                 }
                 _ = watchdog.tick() => {
@@ -378,7 +377,11 @@ struct Job<H> {
 }
 
 impl<H: JobHandler> Job<H> {
-    async fn process(self, delivery: Delivery) {
+    /// Runs the job while holding its `slot`, then frees the slot before
+    /// the reply's confirm and the ack: the concurrency limit bounds the
+    /// sandboxes running, not round trips to the broker (prefetch bounds
+    /// those).
+    async fn process(self, delivery: Delivery, slot: OwnedSemaphorePermit) {
         let Incoming {
             envelope,
             attempt,
@@ -393,6 +396,7 @@ impl<H: JobHandler> Job<H> {
                 .handle(&delivery.data, &envelope, attempt)
                 .await
         };
+        drop(slot);
         let span =
             tracing::info_span!("job", job_id = %handled.job_id, attempt, outcome = ?handled.error);
         async {

@@ -46,9 +46,6 @@ pub enum BrokerError {
     /// The channel is not in confirm mode (a recovered channel).
     #[error("publish not confirmed: channel not in confirm mode")]
     NotConfirmed,
-    /// The publishing task is gone (its channel closed).
-    #[error("publisher task is gone")]
-    PublisherGone,
     /// Writing collected replies failed.
     #[error("cannot write replies: {0}")]
     Output(String),
