@@ -29,7 +29,8 @@ pub struct AmqpConfig {
     /// before that. Must be well above `pipeline.max_attempts`. Default: 20.
     pub delivery_limit: u32,
     /// The connection name shown by `rabbitmqctl list_connections`.
-    /// Default: `kiln-worker-<pid>`.
+    /// Default: `kiln-worker-<hostname>-<pid>` (in Kubernetes the hostname
+    /// is the pod's name, and every container's pid is 1).
     pub connection_name: Option<String>,
     /// First delay before reconnecting, in milliseconds; it doubles up to
     /// `reconnect_max_ms`. Default: 500.
@@ -73,7 +74,12 @@ impl AmqpConfig {
     pub fn connection_name(&self) -> String {
         self.connection_name
             .clone()
-            .unwrap_or_else(|| format!("kiln-worker-{}", std::process::id()))
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                format!("kiln-worker-{host}-{}", std::process::id())
+            })
     }
 }
 
