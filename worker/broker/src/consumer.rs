@@ -236,13 +236,14 @@ impl<H: JobHandler> Worker<H> {
                 }
                 _ = watchdog.tick() => {
                     if last_delivery.elapsed() >= stall && slots.available_permits() > 0 {
-                        match probe
-                            .queue_declare(ShortString::from(self.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default())
-                            .await
-                        {
-                            Ok(q) if q.message_count() > 0 => break Some(format!("consumer stalled: {} ready messages, none delivered for {stall:?}", q.message_count())),
-                            Ok(_) => last_delivery = Instant::now(),
-                            Err(e) => break Some(format!("queue probe failed: {e}")),
+                        // Bounded: on a connection that went silent the
+                        // probe's answer never comes either.
+                        let declare = probe.queue_declare(ShortString::from(self.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default());
+                        match tokio::time::timeout(stall, declare).await {
+                            Ok(Ok(q)) if q.message_count() > 0 => break Some(format!("consumer stalled: {} ready messages, none delivered for {stall:?}", q.message_count())),
+                            Ok(Ok(_)) => last_delivery = Instant::now(),
+                            Ok(Err(e)) => break Some(format!("queue probe failed: {e}")),
+                            Err(_) => break Some(format!("connection silent: no delivery and no answer to a queue probe for {stall:?}")),
                         }
                     }
                 }
