@@ -72,14 +72,12 @@ impl AmqpConfig {
 
     /// The connection name to announce to the broker.
     pub fn connection_name(&self) -> String {
-        self.connection_name
-            .clone()
-            .unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_default();
-                format!("kiln-worker-{host}-{}", std::process::id())
-            })
+        self.connection_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            format!("kiln-worker-{host}-{}", std::process::id())
+        })
     }
 }
 
