@@ -57,6 +57,11 @@ impl WorkerProc {
 
     /// Starts a worker with only `plugins` (crate names).
     pub async fn spawn_with(queue: &str, plugins: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_at(URL, queue, plugins, env).await
+    }
+
+    /// Starts a worker that reaches the broker at `url`.
+    pub async fn spawn_at(url: &str, queue: &str, plugins: &[&str], env: &[(&str, &str)]) -> Self {
         let plugins = kiln_integration_tests::plugin_dir(plugins);
         let cache = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -69,7 +74,7 @@ impl WorkerProc {
         cmd.args([
             "worker",
             "--amqp-url",
-            URL,
+            url,
             "--queue",
             queue,
             "--connection-name",

@@ -1,5 +1,6 @@
 //! Broker-wide failures while a worker is busy: the jobs queue deleted,
-//! the broker application stopped and started, a disk alarm; and hostile
+//! the broker application stopped and started, a disk alarm, a connection
+//! that goes silent; and hostile
 //! jobs mixed into normal ones, whose assertion is about timing. These touch
 //! the whole broker or need a quiet machine, so they live in a test binary
 //! of their own (cargo runs test binaries one at a time) and run one at a
@@ -379,4 +380,141 @@ async fn hostile_jobs_do_not_hold_up_normal_jobs() {
     );
     worker.stop().await;
     broker.delete_all(&q).await;
+}
+
+/// A TCP proxy in front of the broker that can freeze the connections open
+/// so far: their bytes stop flowing both ways while the sockets stay open,
+/// as behind a dead NAT entry, or under a consumer that silently stops
+/// delivering. New connections flow normally. `cut` then closes the frozen
+/// ones, so the broker requeues what they held.
+struct FreezingProxy {
+    port: u16,
+    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut_below: tokio::sync::watch::Sender<u64>,
+}
+
+impl FreezingProxy {
+    async fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let next_id = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (cut_below, cut) = tokio::sync::watch::channel(0);
+        let (ids, frozen) = (next_id.clone(), frozen_below.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    continue;
+                };
+                let id = ids.fetch_add(1, SeqCst);
+                let (client_rx, client_tx) = client.into_split();
+                let (server_rx, server_tx) = server.into_split();
+                for (rx, tx) in [(client_rx, server_tx), (server_rx, client_tx)].map(|(r, t)| {
+                    (
+                        Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        t,
+                    )
+                }) {
+                    let (frozen, mut cut) = (frozen.clone(), cut.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let (mut rx, mut tx) = (rx, tx);
+                        let mut buf = vec![0; 64 << 10];
+                        loop {
+                            let n = tokio::select! {
+                                r = rx.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+                                _ = cut.wait_for(|c| *c > id) => return,
+                            };
+                            if id < frozen.load(SeqCst) {
+                                // Hold the bytes until the connection is cut.
+                                let _ = cut.wait_for(|c| *c > id).await;
+                                return;
+                            }
+                            if tx.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            next_id,
+            frozen_below,
+            cut_below,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn connections(&self) -> u64 {
+        self.next_id.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Freezes every connection opened so far.
+    fn freeze(&self) {
+        self.frozen_below
+            .store(self.connections(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every frozen connection.
+    fn cut(&self) {
+        let below = self.frozen_below.load(std::sync::atomic::Ordering::SeqCst);
+        self.cut_below.send_replace(below);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connection_is_detected_by_the_stall_watchdog_and_nothing_is_lost() {
+    let _serial = serial().await;
+    let q = unique("silent");
+    let replies = durable_reply_queue().await;
+    let proxy = FreezingProxy::start().await;
+    let worker = WorkerProc::spawn_at(
+        &proxy.url(),
+        &q,
+        &["uppercase"],
+        &[("KILN__AMQP__STALL_TIMEOUT_MS", "1500")],
+    )
+    .await;
+    let ids = publish(&q, &replies, (0..3_000).map(|i| format!("s{i}"))).await;
+    let mut seen = HashSet::new();
+    collect(
+        &replies,
+        &HashSet::from(["s50".to_owned()]),
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // The worker's connection goes silent: no error, no close, no delivery.
+    let before = proxy.connections();
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(20)).await,
+        "the worker never noticed its connection went silent"
+    );
+    let noticed = frozen_at.elapsed();
+    // It reconnects (through the proxy, on a new connection) and resumes.
+    assert!(worker.wait_ready(true, Duration::from_secs(30)).await);
+    assert!(proxy.connections() > before, "no new connection");
+    // The broker requeues what the silent connection held once it closes.
+    proxy.cut();
+    collect(&replies, &ids, &mut seen, Duration::from_secs(90)).await;
+    let lost: Vec<_> = ids.difference(&seen).take(5).collect();
+    assert!(lost.is_empty(), "jobs never answered, e.g. {lost:?}");
+    assert!(
+        noticed < Duration::from_secs(10),
+        "noticed only after {noticed:?} (stall timeout 1.5 s)"
+    );
+    assert!(worker.stop().await.success());
+    Broker::connect().await.delete_all(&q).await;
+    delete_queue(&replies).await;
 }
