@@ -109,6 +109,18 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
             false,
         ),
         (job("p", "hostile-panic", "x"), "panic", "trap", false),
+        (
+            fail_job("uf", "unsupported-format"),
+            "unsupported",
+            "unsupported-format",
+            false,
+        ),
+        (
+            fail_job("ie", "internal-error"),
+            "plugin-internal",
+            "internal-error",
+            false,
+        ),
         (job("big", "uppercase", &"x".repeat(5 << 20)), "big", "payload-too-large", true),
         (
             serde_json::to_vec(&serde_json::json!({
@@ -159,6 +171,70 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
             .all(|d| !d.header("x-kiln-error-message").unwrap().is_empty())
     );
     worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+/// A job for `hostile-fail`, which returns the plugin error `kind`.
+fn fail_job(id: &str, kind: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "job_id": id, "plugin": "hostile-fail", "input": "x", "config": {"kind": kind}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
+    let q = unique("pool");
+    // One instance in the pool, held by a spinning job for 4 s.
+    let worker = WorkerProc::spawn_with(
+        &q,
+        &["hostile-spin", "uppercase"],
+        &[
+            ("KILN__SANDBOX__POOL__MAX_INSTANCES", "1"),
+            ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "4000"),
+            // Enough fuel to spin until the deadline.
+            ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
+            ("KILN__PIPELINE__INITIAL_BACKOFF_MS", "100"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker
+        .publish(
+            &q,
+            job("crowded", "uppercase", "x"),
+            Some(&replies.name),
+            Some("c-crowded"),
+        )
+        .await;
+    // Three attempts, 100 ms and 400 ms apart, all while the spinner runs.
+    let got = replies.take(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["job_id"], "crowded");
+    assert_eq!(body["error"]["kind"], "internal", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pool")),
+        "{body}"
+    );
+    let dead = broker
+        .drain(&format!("{q}.dead"), 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].job_id(), "crowded");
+    assert_eq!(dead[0].header("x-kiln-attempt").as_deref(), Some("3"));
+    assert_eq!(
+        dead[0].header("x-kiln-error-kind").as_deref(),
+        Some("internal")
+    );
+    drop(worker);
     broker.delete_all(&q).await;
 }
 

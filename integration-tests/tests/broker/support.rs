@@ -30,7 +30,7 @@ pub fn kiln() -> Command {
 }
 
 /// The plugins a test worker has by default.
-pub const PLUGINS: [&str; 7] = [
+pub const PLUGINS: [&str; 8] = [
     "uppercase",
     "reverse",
     "wordcount",
@@ -38,6 +38,7 @@ pub const PLUGINS: [&str; 7] = [
     "hostile-membomb",
     "hostile-panic",
     "hostile-hugeout",
+    "hostile-fail",
 ];
 
 /// A `kiln worker` process on its own queue and health port.
