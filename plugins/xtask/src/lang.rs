@@ -225,26 +225,36 @@ fn componentize_py() -> Result<PathBuf, BuildError> {
 
 /// The `componentize-js` CLI.
 fn componentize_js() -> Result<PathBuf, BuildError> {
-    let dir = cached(&format!("componentize-js-{COMPONENTIZE_JS}"), |d| {
-        let js = repo_root().join("plugins").join("js");
+    // Keyed by the lockfile too: a change of the pinned tree is a new install.
+    let js = repo_root().join("plugins").join("js");
+    let lock = std::fs::read(js.join("package-lock.json"))
+        .map_err(|e| err(format!("cannot read plugins/js/package-lock.json: {e}")))?;
+    let name = format!("componentize-js-{COMPONENTIZE_JS}-{:016x}", fnv1a(&lock));
+    let dir = cached(&name, |d| {
         for file in ["package.json", "package-lock.json"] {
             std::fs::copy(js.join(file), d.join(file))
                 .map_err(|e| err(format!("cannot copy plugins/js/{file}: {e}")))?;
         }
+        // `npm install` with the lockfile, not `npm ci`: npm 11 leaves some
+        // optional per-platform packages out of the lockfile it writes, and
+        // `npm ci` then refuses it as out of sync. The versions still come
+        // from the lockfile.
         let mut cmd = Command::new("npm");
-        cmd.current_dir(d).args([
-            "ci",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--ignore-scripts=false",
-        ]);
-        run(&mut cmd, "npm ci (componentize-js)")
+        cmd.current_dir(d)
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"]);
+        run(&mut cmd, "npm install (componentize-js)")
     })?;
     Ok(dir
         .join("node_modules")
         .join(".bin")
         .join("componentize-js"))
+}
+
+/// FNV-1a, 64 bits: a stable content key without a hashing dependency.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The `go` binary.
@@ -507,6 +517,12 @@ pub fn build_language(lang: &str) -> Result<PathBuf, BuildError> {
             lang_artifacts_dir().display()
         ))
     })?;
+    // A failed build must not leave an older component behind for the tests.
+    let stale = out_file(lang);
+    if stale.exists() {
+        std::fs::remove_file(&stale)
+            .map_err(|e| err(format!("cannot remove {}: {e}", stale.display())))?;
+    }
     let started = Instant::now();
     let out = match lang {
         "c" => build_c(),
