@@ -102,6 +102,10 @@ struct Args {
     /// Kiln's --concurrency (default: the run's prefetch).
     #[arg(long)]
     kiln_concurrency: Option<u32>,
+    /// Kiln's tokio worker threads (`TOKIO_WORKER_THREADS`; default: one
+    /// per CPU).
+    #[arg(long)]
+    kiln_threads: Option<usize>,
     /// RUST_LOG for the kiln worker.
     #[arg(long, default_value = "warn")]
     kiln_log: String,
@@ -607,6 +611,7 @@ impl Bench {
             qt,
             prefetch,
             concurrency,
+            self.args.kiln_threads,
             &self.args.kiln_log,
             log,
         )?;
@@ -648,6 +653,9 @@ impl Bench {
         load.notes.extend(notes);
         if concurrency != u32::from(prefetch) {
             load.notes.push(format!("kiln concurrency {concurrency}"));
+        }
+        if let Some(threads) = self.args.kiln_threads {
+            load.notes.push(format!("kiln runtime threads {threads}"));
         }
         Ok(Outcome::Done(result(
             System::Kiln,

@@ -100,6 +100,7 @@ impl Kiln {
         qt: QueueType,
         prefetch: u16,
         concurrency: u32,
+        threads: Option<usize>,
         log_filter: &str,
         log: &Path,
     ) -> Result<Group> {
@@ -113,6 +114,9 @@ impl Kiln {
             .arg("--plugins")
             .arg(&self.plugins)
             .env("RUST_LOG", log_filter);
+        if let Some(threads) = threads {
+            cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
         if self.prefetch_flag {
             cmd.arg("--prefetch").arg(prefetch.to_string());
         } else {
