@@ -13,55 +13,37 @@
 //!
 //! Metadata: `headings` and `links`, the number of each in the input.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
-
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-use kiln::plugin::host_api::{LogLevel, get_config, log};
-use kiln::plugin::types::{ErrorKind, KeyValue};
+use kiln_plugin::{Error, Output, Plugin};
 use pulldown_cmark::{Event, Options, Parser, Tag, html};
 
 struct Markdown;
 
 /// Builds the parser options from the host's config.
-fn options() -> Result<Options, ProcessError> {
+fn options() -> Result<Options, Error> {
     let mut options = Options::empty();
-    match get_config("flavor").as_deref() {
+    match kiln_plugin::config("flavor").as_deref() {
         None | Some("commonmark") => {}
         Some("gfm") => {
             options |=
                 Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS | Options::ENABLE_GFM;
         }
         Some(other) => {
-            return Err(ProcessError {
-                kind: ErrorKind::UnsupportedFormat,
-                message: format!(
-                    "unsupported flavor {other:?}: expected \"commonmark\" or \"gfm\""
-                ),
-            });
+            return Err(Error::unsupported_format(format!(
+                "unsupported flavor {other:?}: expected \"commonmark\" or \"gfm\""
+            )));
         }
     }
-    if get_config("tables").as_deref() != Some("false") {
+    if kiln_plugin::config("tables").as_deref() != Some("false") {
         options |= Options::ENABLE_TABLES;
     }
-    if get_config("smart_punctuation").as_deref() == Some("true") {
+    if kiln_plugin::config("smart_punctuation").as_deref() == Some("true") {
         options |= Options::ENABLE_SMART_PUNCTUATION;
     }
     Ok(options)
 }
 
-impl Guest for Markdown {
-    fn get_name() -> String {
-        "markdown".to_string()
-    }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
+impl Plugin for Markdown {
+    fn process(input: String) -> Result<Output, Error> {
         let options = options()?;
         let (mut headings, mut links) = (0usize, 0usize);
         let events = Parser::new_ext(&input, options).inspect(|event| match event {
@@ -69,31 +51,18 @@ impl Guest for Markdown {
             Event::Start(Tag::Link { .. }) => links += 1,
             _ => {}
         });
-        let mut output = String::with_capacity(input.len() * 3 / 2);
-        html::push_html(&mut output, events);
+        let mut html = String::with_capacity(input.len() * 3 / 2);
+        html::push_html(&mut html, events);
 
-        log(
-            LogLevel::Info,
-            &format!(
-                "rendered {} bytes of markdown to {} bytes of html ({headings} headings, {links} links)",
-                input.len(),
-                output.len()
-            ),
+        kiln_plugin::info!(
+            "rendered {} bytes of markdown to {} bytes of html ({headings} headings, {links} links)",
+            input.len(),
+            html.len()
         );
-        Ok(ProcessResult {
-            output,
-            metadata: vec![
-                KeyValue {
-                    key: "headings".to_string(),
-                    value: headings.to_string(),
-                },
-                KeyValue {
-                    key: "links".to_string(),
-                    value: links.to_string(),
-                },
-            ],
-        })
+        Ok(Output::new(html)
+            .with_metadata("headings", headings)
+            .with_metadata("links", links))
     }
 }
 
-export!(Markdown);
+kiln_plugin::export!(Markdown);

@@ -1,42 +1,21 @@
 //! `reverse`: reverses its input by characters.
 //!
 //! It shows how a plugin refuses an input with a typed error: an empty input
-//! gets `error-kind::invalid-input` rather than an empty output.
+//! gets `Error::invalid_input` (`error-kind::invalid-input` in the contract)
+//! rather than an empty output.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
-
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-use kiln::plugin::types::{ErrorKind, KeyValue};
+use kiln_plugin::{Error, Output, Plugin};
 
 struct Reverse;
 
-impl Guest for Reverse {
-    fn get_name() -> String {
-        "reverse".to_string()
-    }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
+impl Plugin for Reverse {
+    fn process(input: String) -> Result<Output, Error> {
         if input.is_empty() {
-            return Err(ProcessError {
-                kind: ErrorKind::InvalidInput,
-                message: "empty input".to_string(),
-            });
+            return Err(Error::invalid_input("empty input"));
         }
-        Ok(ProcessResult {
-            output: input.chars().rev().collect(),
-            metadata: vec![KeyValue {
-                key: "chars".to_string(),
-                value: input.chars().count().to_string(),
-            }],
-        })
+        Ok(Output::new(input.chars().rev().collect::<String>())
+            .with_metadata("chars", input.chars().count()))
     }
 }
 
-export!(Reverse);
+kiln_plugin::export!(Reverse);

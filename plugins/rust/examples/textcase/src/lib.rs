@@ -8,14 +8,7 @@
 //! and CR; a word is a maximal run of anything else. Metadata: `words`.
 //! Each successful call logs one `info` line, `textcase: mode=M words=N`.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
-
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-use kiln::plugin::host_api::{LogLevel, get_config, log};
-use kiln::plugin::types::{ErrorKind, KeyValue};
+use kiln_plugin::{Error, Output, Plugin};
 
 struct Textcase;
 
@@ -51,30 +44,16 @@ fn map_words(input: &str, f: impl Fn(&str) -> String) -> String {
     out
 }
 
-impl Guest for Textcase {
-    fn get_name() -> String {
-        "textcase-rust".to_string()
-    }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
-        let mode = get_config("mode").unwrap_or_else(|| "title".to_string());
+impl Plugin for Textcase {
+    fn process(input: String) -> Result<Output, Error> {
+        let mode = kiln_plugin::config("mode").unwrap_or_else(|| "title".to_string());
         if !matches!(mode.as_str(), "upper" | "lower" | "title" | "snake") {
-            return Err(ProcessError {
-                kind: ErrorKind::UnsupportedFormat,
-                message: format!(
-                    "unsupported mode: {mode} (expected upper, lower, title or snake)"
-                ),
-            });
+            return Err(Error::unsupported_format(format!(
+                "unsupported mode: {mode} (expected upper, lower, title or snake)"
+            )));
         }
         if input.is_empty() {
-            return Err(ProcessError {
-                kind: ErrorKind::InvalidInput,
-                message: "empty input".to_string(),
-            });
+            return Err(Error::invalid_input("empty input"));
         }
         let words: Vec<&str> = input.split(is_space).filter(|w| !w.is_empty()).collect();
         let output = match mode.as_str() {
@@ -87,18 +66,9 @@ impl Guest for Textcase {
                 .join("_"),
             _ => map_words(&input, title_word),
         };
-        log(
-            LogLevel::Info,
-            &format!("textcase: mode={mode} words={}", words.len()),
-        );
-        Ok(ProcessResult {
-            output,
-            metadata: vec![KeyValue {
-                key: "words".to_string(),
-                value: words.len().to_string(),
-            }],
-        })
+        kiln_plugin::info!("textcase: mode={mode} words={}", words.len());
+        Ok(Output::new(output).with_metadata("words", words.len()))
     }
 }
 
-export!(Textcase);
+kiln_plugin::export!(Textcase);

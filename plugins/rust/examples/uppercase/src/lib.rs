@@ -1,38 +1,19 @@
 //! `uppercase`: the smallest useful Kiln plugin, and the one the benchmarks run.
 //!
-//! It shows the bare shape of a plugin: generate bindings for the
-//! `text-plugin` world, implement `plugin`, export it. `process` does only the
-//! work (no logging, no config look-up), so a benchmark measures the host's
-//! per-call overhead rather than the plugin's.
+//! It shows the bare shape of a plugin written with the `kiln-plugin` SDK:
+//! implement `Plugin`, call `export!`. The name and version come from
+//! `Cargo.toml`. `process` does only the work (no logging, no config
+//! look-up), so a benchmark measures the host's per-call overhead rather
+//! than the plugin's.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
-
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-use kiln::plugin::types::KeyValue;
+use kiln_plugin::{Error, Output, Plugin};
 
 struct Uppercase;
 
-impl Guest for Uppercase {
-    fn get_name() -> String {
-        "uppercase".to_string()
-    }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
-        Ok(ProcessResult {
-            output: input.to_uppercase(),
-            metadata: vec![KeyValue {
-                key: "chars".to_string(),
-                value: input.chars().count().to_string(),
-            }],
-        })
+impl Plugin for Uppercase {
+    fn process(input: String) -> Result<Output, Error> {
+        Ok(Output::new(input.to_uppercase()).with_metadata("chars", input.chars().count()))
     }
 }
 
-export!(Uppercase);
+kiln_plugin::export!(Uppercase);
