@@ -71,3 +71,41 @@ pub fn plugin_dir(crate_names: &[&str]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The `textcase` languages: Rust (built by `build.rs`) and the ones
+/// `cargo xtask plugins --all` builds.
+pub const TEXTCASE_LANGUAGES: [&str; 5] = ["rust", "c", "js", "python", "go"];
+
+/// Where `cargo xtask plugins --all` puts `textcase-<lang>.wasm`:
+/// `$KILN_LANG_PLUGINS`, else `target/lang-plugins` at the repository root.
+pub fn lang_plugins_dir() -> PathBuf {
+    std::env::var_os("KILN_LANG_PLUGINS")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("lang-plugins")
+        })
+}
+
+/// The `.wasm` of `textcase` in `lang`: the Rust one from the plugins
+/// workspace, the others from [`lang_plugins_dir`] (present only after
+/// `cargo xtask plugins --all`).
+pub fn textcase_artifact(lang: &str) -> PathBuf {
+    if lang == "rust" {
+        artifact("textcase-rust")
+    } else {
+        lang_plugins_dir().join(format!("textcase-{lang}.wasm"))
+    }
+}
+
+/// `bytes` bytes of the text `cargo xtask jobs` puts in its jobs.
+pub fn job_text(bytes: usize) -> String {
+    "the quick brown fox jumps over the lazy dog "
+        .chars()
+        .cycle()
+        .take(bytes)
+        .collect()
+}

@@ -6,7 +6,7 @@
 //!
 //! The Rust plugin is always built (by `build.rs`). The others come from
 //! `cargo xtask plugins --all`, in `target/lang-plugins/` (or
-//! `$KILN_LANG_PLUGINS`). When one is missing the test says so and skips
+//! `$KILN_LANG_PLUGINS`; see `kiln_integration_tests::lang_plugins_dir`). When one is missing the test says so and skips
 //! it, unless `KILN_REQUIRE_LANG_PLUGINS=1` (as `.ci/plugins-languages`
 //! sets), when it fails.
 
@@ -21,11 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_integration_tests::{TEXTCASE_LANGUAGES, textcase_artifact};
 use serde_json::{Value, json};
 use support::{Broker, URL, kiln, unique};
-
-/// Every language, in the order reports list them.
-const LANGUAGES: [&str; 5] = ["rust", "c", "js", "python", "go"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,29 +32,25 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where `cargo xtask plugins --all` puts the language plugins.
-fn lang_dir() -> PathBuf {
-    std::env::var_os("KILN_LANG_PLUGINS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target").join("lang-plugins"))
-}
-
 /// The `.wasm` of each language present, Rust always; the others are
 /// skipped with a message, or fail the test under
 /// `KILN_REQUIRE_LANG_PLUGINS=1`.
 fn plugins() -> Vec<(&'static str, PathBuf)> {
     let require = std::env::var("KILN_REQUIRE_LANG_PLUGINS").as_deref() == Ok("1");
-    let mut found = vec![("rust", kiln_integration_tests::artifact("textcase-rust"))];
+    let mut found = Vec::new();
     let mut missing = Vec::new();
-    for lang in &LANGUAGES[1..] {
-        let path = lang_dir().join(format!("textcase-{lang}.wasm"));
+    for lang in TEXTCASE_LANGUAGES {
+        let path = textcase_artifact(lang);
         if path.is_file() {
             found.push((lang, path));
         } else {
             missing.push(path);
         }
     }
+    assert!(
+        found.first().map(|(l, _)| *l) == Some("rust"),
+        "textcase-rust is missing: build.rs builds it with the Rust plugins"
+    );
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
         assert!(
@@ -242,10 +236,7 @@ fn warm_cache(plugins: &[(&str, PathBuf)]) -> PathBuf {
     static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     CACHE
         .get_or_init(|| {
-            let cache = repo_root()
-                .join("target")
-                .join("lang-plugins")
-                .join("kiln-cache");
+            let cache = kiln_integration_tests::lang_plugins_dir().join("kiln-cache");
             std::fs::create_dir_all(&cache).expect("create the cache dir");
             let dir = plugin_dir(plugins);
             let out = kiln()

@@ -388,6 +388,9 @@ fn build_c() -> Result<PathBuf, BuildError> {
 
 fn build_python() -> Result<PathBuf, BuildError> {
     let tool = componentize_py()?;
+    // Built from a copy: componentize-py leaves __pycache__ beside the source.
+    let dir = build_dir("python")?;
+    copy_tree(&repo_root().join("plugins").join("python"), &dir)?;
     let out = out_file("python");
     run(
         Command::new("python3")
@@ -397,7 +400,7 @@ fn build_python() -> Result<PathBuf, BuildError> {
             .arg("-d")
             .arg(wit_dir())
             .args(["-w", "text-plugin", "componentize", "-p"])
-            .arg(repo_root().join("plugins").join("python"))
+            .arg(&dir)
             .args(["app", "-o"])
             .arg(&out),
         "componentize-py (textcase-python)",
