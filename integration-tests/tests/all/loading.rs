@@ -32,6 +32,22 @@ async fn bad_components_are_rejected_with_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_component_built_against_another_contract_version_names_both() {
+    let error = load_error("invalid-future-wit").await;
+    let text = error.to_string();
+    assert!(matches!(error, LoadError::Contract { .. }), "{text}");
+    assert!(
+        text.contains("invalid_future_wit"),
+        "names the file: {text}"
+    );
+    assert!(
+        text.contains("kiln:plugin@0.2.0"),
+        "names its version: {text}"
+    );
+    assert!(text.contains("kiln:plugin@0.1.0"), "names ours: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn not_a_component_is_a_compile_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("garbage.wasm");

@@ -23,6 +23,15 @@ pub enum LoadError {
         /// What wasmtime said.
         message: String,
     },
+    /// The component was built against a version of the `kiln:plugin`
+    /// contract this host does not serve.
+    #[error("plugin {path}: incompatible contract: {message}")]
+    Contract {
+        /// The plugin file.
+        path: PathBuf,
+        /// Both versions, and the interface that carried the other one.
+        message: String,
+    },
     /// The component does not fit the `kiln:plugin` world: a missing
     /// export, wrong types, or an import the host does not provide.
     #[error("plugin {path}: does not fit the kiln:plugin@0.1.0 world: {message}")]

@@ -12,6 +12,7 @@
 mod bindings;
 mod cache;
 mod config;
+pub mod contract;
 mod engine;
 mod error;
 mod host;

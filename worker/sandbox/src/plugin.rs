@@ -104,6 +104,10 @@ impl Plugin {
             path: p.path.to_path_buf(),
             message,
         };
+        crate::contract::check(&p.component).map_err(|m| LoadError::Contract {
+            path: p.path.to_path_buf(),
+            message: m.to_string(),
+        })?;
         let pre = p
             .linker
             .instantiate_pre(&p.component)
