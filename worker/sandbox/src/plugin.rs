@@ -49,6 +49,10 @@ pub struct Run<T> {
     pub duration: Duration,
     /// Fuel consumed, summed over every store the job used.
     pub fuel_used: u64,
+    /// Time from the start of the job until its fresh instance was ready
+    /// (store creation and instantiation; part of `duration`), summed over
+    /// every instance the job used; zero if none was created.
+    pub instantiation: Duration,
 }
 
 /// The result of a single-input job.
@@ -256,11 +260,14 @@ impl Plugin {
                 }),
                 duration: started.elapsed(),
                 fuel_used: 0,
+                instantiation: Duration::ZERO,
             };
         }
         let (mut store, deadline) = self.new_store(ctx);
+        let mut instantiation = Duration::ZERO;
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
+            instantiation = started.elapsed();
             let guest = self.plugin_exports.load(&mut store, &instance)?;
             guest.call_process(&mut store, input).await
         }
@@ -271,6 +278,7 @@ impl Plugin {
             result,
             duration: started.elapsed(),
             fuel_used: self.fuel_used(&store),
+            instantiation,
         }
     }
 
@@ -288,26 +296,32 @@ impl Plugin {
                 }),
                 duration: started.elapsed(),
                 fuel_used: 0,
+                instantiation: Duration::ZERO,
             };
         }
         let Some(batch_exports) = &self.batch_exports else {
             let mut results = Vec::with_capacity(inputs.len());
             let mut fuel_used = 0;
+            let mut instantiation = Duration::ZERO;
             for input in inputs {
                 let run = self.process(ctx, input).await;
                 fuel_used += run.fuel_used;
+                instantiation += run.instantiation;
                 results.push(run.result);
             }
             return Run {
                 result: Ok(results),
                 duration: started.elapsed(),
                 fuel_used,
+                instantiation,
             };
         };
 
         let (mut store, deadline) = self.new_store(ctx);
+        let mut instantiation = Duration::ZERO;
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
+            instantiation = started.elapsed();
             let guest = batch_exports.load(&mut store, &instance)?;
             guest.call_process_batch(&mut store, inputs).await
         }
@@ -344,6 +358,7 @@ impl Plugin {
             result,
             duration: started.elapsed(),
             fuel_used: self.fuel_used(&store),
+            instantiation,
         }
     }
 
