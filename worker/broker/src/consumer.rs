@@ -20,10 +20,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument as _;
 
-use crate::BrokerError;
 use crate::config::AmqpConfig;
 use crate::publisher::{Published, Publisher};
 use crate::topology::Topology;
+use crate::{BrokerError, NoTraceHeaders, TraceHeaders};
 
 /// How long shutdown waits for the broker to answer a cancel, requeue or
 /// close before leaving the rest to the end of the connection.
@@ -73,6 +73,7 @@ pub struct Worker<H> {
     concurrency: usize,
     ready: watch::Sender<bool>,
     stats: Arc<WorkerStats>,
+    trace: Arc<dyn TraceHeaders>,
 }
 
 /// Why a session with the broker ended.
@@ -100,7 +101,16 @@ impl<H: JobHandler> Worker<H> {
             concurrency: concurrency.max(1),
             ready: watch::Sender::new(false),
             stats: Arc::default(),
+            trace: Arc::new(NoTraceHeaders),
         }
+    }
+
+    /// Propagates trace context: each job's span continues the trace in
+    /// its delivery's headers, and its reply carries the job's context.
+    #[must_use]
+    pub fn with_trace_headers(mut self, trace: Arc<dyn TraceHeaders>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Readiness: connected, consuming, and not draining.
@@ -226,6 +236,7 @@ impl<H: JobHandler> Worker<H> {
                         topology: self.topology.clone(),
                         stats: self.stats.clone(),
                         delivery_limit: self.config.delivery_limit,
+                        trace: self.trace.clone(),
                     };
                     let inflight = inflight.clone();
                     tasks.spawn(async move {
@@ -375,6 +386,7 @@ struct Job<H> {
     topology: Topology,
     stats: Arc<WorkerStats>,
     delivery_limit: u32,
+    trace: Arc<dyn TraceHeaders>,
 }
 
 impl<H: JobHandler> Job<H> {
@@ -388,19 +400,48 @@ impl<H: JobHandler> Job<H> {
             attempt,
             redeliveries,
         } = Incoming::read(&delivery.properties);
-        let handled = if redeliveries.saturating_add(1) >= self.delivery_limit {
-            // The broker would dead-letter it silently on the next delivery:
-            // answer and dead-letter it ourselves, with the reason.
-            poison(&delivery.data, &envelope, redeliveries)
-        } else {
-            self.handler
-                .handle(&delivery.data, &envelope, attempt)
-                .await
-        };
-        drop(slot);
-        let span =
-            tracing::info_span!("job", job_id = %handled.job_id, attempt, outcome = ?handled.error);
+        // The job's span, after the OTel messaging conventions. With its
+        // level filtered out (the default `warn`, and no trace export) the
+        // macro evaluates none of the fields and this costs a branch.
+        let span = tracing::info_span!(
+            "job",
+            otel.name = %format_args!("process {}", self.topology.jobs),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation = "process",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.topology.jobs,
+            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            messaging.message.id = envelope.message_id,
+            messaging.message.conversation_id = envelope.correlation_id,
+            messaging.message.body.size = delivery.data.len(),
+            kiln.job_id = tracing::field::Empty,
+            kiln.attempt = attempt,
+            kiln.plugin = tracing::field::Empty,
+            kiln.plugin_version = tracing::field::Empty,
+            kiln.outcome = tracing::field::Empty,
+        );
+        if self.trace.enabled() && !span.is_disabled() {
+            self.trace
+                .extract(delivery.properties.headers().as_ref(), &span);
+        }
         async {
+            let handled = if redeliveries.saturating_add(1) >= self.delivery_limit {
+                // The broker would dead-letter it silently on the next delivery:
+                // answer and dead-letter it ourselves, with the reason.
+                poison(&delivery.data, &envelope, redeliveries)
+            } else {
+                self.handler
+                    .handle(&delivery.data, &envelope, attempt)
+                    .await
+            };
+            drop(slot);
+            let span = tracing::Span::current();
+            span.record("kiln.job_id", handled.job_id.as_str());
+            span.record(
+                "kiln.outcome",
+                handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str),
+            );
             match self.settle(&delivery, &handled, attempt).await {
                 Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
                     Ok(true) => {
@@ -469,6 +510,13 @@ impl<H: JobHandler> Job<H> {
             .with_message_id(ShortString::from(handled.job_id.clone()));
         if let Some(correlation) = props.correlation_id() {
             reply = reply.with_correlation_id(correlation.clone());
+        }
+        if self.trace.enabled() {
+            let mut headers = FieldTable::default();
+            self.trace.inject(&tracing::Span::current(), &mut headers);
+            if !headers.inner().is_empty() {
+                reply = reply.with_headers(headers);
+            }
         }
         match self
             .publisher

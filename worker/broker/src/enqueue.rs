@@ -23,8 +23,9 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
+use tracing::Instrument as _;
 
-use crate::{BrokerError, Topology};
+use crate::{BrokerError, Topology, TraceHeaders};
 
 /// One job to publish.
 #[derive(Debug, Clone)]
@@ -67,12 +68,15 @@ pub struct EnqueueOptions {
 }
 
 /// Publishes `jobs` (skipping `skip`), with confirms, through `topology`.
-/// Returns how many were published.
+/// Each publish runs in a `publish` span (a producer span under the OTel
+/// messaging conventions) whose context `trace` injects into the job's
+/// headers. Returns how many were published.
 pub async fn publish_jobs(
     options: &EnqueueOptions,
     topology: &Topology,
     jobs: &[OutgoingJob],
     skip: &HashSet<String>,
+    trace: &dyn TraceHeaders,
     mut progress: impl FnMut(),
 ) -> Result<usize, BrokerError> {
     let conn = crate::connect(
@@ -114,6 +118,24 @@ pub async fn publish_jobs(
         if let Some(q) = &options.reply_queue {
             props = props.with_reply_to(ShortString::from(q.clone()));
         }
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {}", topology.jobs),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation = "publish",
+            messaging.operation.type = "send",
+            messaging.destination.name = %topology.jobs,
+            messaging.rabbitmq.destination.routing_key = %topology.jobs,
+            messaging.message.id = %job.job_id,
+            messaging.message.body.size = job.body.len(),
+            kiln.job_id = %job.job_id,
+        );
+        if trace.enabled() && !span.is_disabled() {
+            let mut headers = FieldTable::default();
+            trace.inject(&span, &mut headers);
+            props = props.with_headers(headers);
+        }
         let confirm = channel
             .basic_publish(
                 ShortString::from(""),
@@ -122,6 +144,7 @@ pub async fn publish_jobs(
                 &job.body,
                 props,
             )
+            .instrument(span)
             .await
             .map_err(BrokerError::Channel)?;
         pending.push(confirm);

@@ -8,7 +8,8 @@
 //!
 //! It knows the job and reply records of `kiln-protocol`, but nothing of
 //! the sandbox: jobs are run by a [`JobHandler`] that the worker's pipeline
-//! implements.
+//! implements. Nor does it know OpenTelemetry: it opens `tracing` spans and
+//! hands message headers to a [`TraceHeaders`] that the worker implements.
 
 mod config;
 mod consumer;
@@ -24,6 +25,36 @@ pub use consumer::{
 };
 pub use publisher::{Published, Publisher};
 pub use topology::Topology;
+
+use lapin::types::FieldTable;
+
+/// Carries trace context (W3C `traceparent`/`tracestate`) through AMQP
+/// headers. The broker only calls it, around the `tracing` spans it opens
+/// for each job and each publish; the worker implements it (with
+/// OpenTelemetry) when trace export is on, so this crate holds no tracing
+/// SDK and no global state.
+pub trait TraceHeaders: Send + Sync + 'static {
+    /// Whether there is anything to extract or inject. When `false`, the
+    /// broker skips both calls and the header copies they would need.
+    fn enabled(&self) -> bool;
+    /// Makes `span` (just created, not yet entered) a child of the trace
+    /// context found in a delivery's `headers`, if any.
+    fn extract(&self, headers: Option<&FieldTable>, span: &tracing::Span);
+    /// Writes the context of `span` into the `headers` of an outgoing message.
+    fn inject(&self, span: &tracing::Span, headers: &mut FieldTable);
+}
+
+/// No propagation: the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTraceHeaders;
+
+impl TraceHeaders for NoTraceHeaders {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn extract(&self, _: Option<&FieldTable>, _: &tracing::Span) {}
+    fn inject(&self, _: &tracing::Span, _: &mut FieldTable) {}
+}
 
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]

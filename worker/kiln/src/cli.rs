@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{KilnConfig, LogConfig, LogFormat};
+use crate::config::KilnConfig;
 use crate::embedded::{self, BarProgress, Io, PlainProgress};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -236,11 +236,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config.log);
+    let telemetry = crate::telemetry::init(&config.log);
     if let Command::Config {
         command: ConfigCommand::Check,
     } = cli.command
     {
+        telemetry.shutdown();
         return config_check(&config);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -253,37 +254,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, config));
+    let trace = telemetry.trace_headers();
+    let result = runtime.block_on(dispatch(cli.command, config, trace));
     // Do not wait on tasks still blocked on a broker that stopped reading
     // (an alarm): everything that matters was settled or left to requeue.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Flush the spans still buffered (after a SIGTERM drain, or at the end
+    // of `kiln enqueue`).
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    // `validate` checked `log.filter`; a bad `RUST_LOG` falls back to it.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let json = match log.format {
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-    };
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
@@ -314,13 +298,17 @@ fn load_config(global: &Global) -> anyhow::Result<KilnConfig> {
     Ok(config)
 }
 
-async fn dispatch(command: Command, config: KilnConfig) -> anyhow::Result<ExitCode> {
+async fn dispatch(
+    command: Command,
+    config: KilnConfig,
+    trace: Arc<dyn kiln_broker::TraceHeaders>,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args, config).await,
         Command::Plugins { json } => plugins(config, json).await,
         Command::Precompile { out } => precompile(config, out),
-        Command::Worker(args) => worker(args, config).await,
-        Command::Enqueue(args) => enqueue(args, config).await,
+        Command::Worker(args) => worker(args, config, trace).await,
+        Command::Enqueue(args) => enqueue(args, config, trace.as_ref()).await,
         Command::Dlq { broker, command } => dlq(broker, command, config).await,
         Command::Config { .. } => Ok(config_check(&config)),
     }
@@ -421,7 +409,11 @@ async fn run(args: RunArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> 
     })
 }
 
-async fn worker(args: WorkerArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> {
+async fn worker(
+    args: WorkerArgs,
+    mut config: KilnConfig,
+    trace: Arc<dyn kiln_broker::TraceHeaders>,
+) -> anyhow::Result<ExitCode> {
     args.broker.apply(&mut config);
     if let Some(n) = args.prefetch {
         config.amqp.prefetch = n;
@@ -440,15 +432,19 @@ async fn worker(args: WorkerArgs, mut config: KilnConfig) -> anyhow::Result<Exit
     for error in registry.errors() {
         tracing::error!(%error, "plugin not loaded");
     }
-    let pipeline = Arc::new(crate::pipeline_for(&config, registry));
-    crate::worker::run(&config, pipeline).await?;
+    crate::worker::run(&config, registry, trace).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn enqueue(args: EnqueueArgs, mut config: KilnConfig) -> anyhow::Result<ExitCode> {
+async fn enqueue(
+    args: EnqueueArgs,
+    mut config: KilnConfig,
+    trace: &dyn kiln_broker::TraceHeaders,
+) -> anyhow::Result<ExitCode> {
     use kiln_broker::enqueue::{self, EnqueueOptions, OutgoingJob};
     use std::collections::HashSet;
     use std::io::Write as _;
+    use tracing::Instrument as _;
 
     args.broker.apply(&mut config);
     config.validate()?;
@@ -535,11 +531,19 @@ async fn enqueue(args: EnqueueArgs, mut config: KilnConfig) -> anyhow::Result<Ex
     let bar = std::io::stderr()
         .is_terminal()
         .then(|| indicatif::ProgressBar::new(jobs.len() as u64));
-    let published = enqueue::publish_jobs(&options, &topology, &jobs, &answered, || {
+    // The root of the run's trace: each job's `publish` span is its child.
+    let span = tracing::info_span!(
+        "enqueue",
+        otel.name = %format_args!("enqueue {}", topology.jobs),
+        messaging.destination.name = %topology.jobs,
+        kiln.jobs = jobs.len(),
+    );
+    let published = enqueue::publish_jobs(&options, &topology, &jobs, &answered, trace, || {
         if let Some(b) = &bar {
             b.inc(1);
         }
     })
+    .instrument(span)
     .await
     .with_context(|| format!("cannot publish to {}", config.amqp.redacted_url()))?;
     if let Some(b) = &bar {

@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod embedded;
+pub mod metrics;
 pub mod pipeline;
+pub mod telemetry;
 pub mod worker;
 
 use std::sync::Arc;

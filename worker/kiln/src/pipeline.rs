@@ -14,6 +14,8 @@ use kiln_protocol::{
 };
 use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
 
+use crate::metrics::JobMetrics;
+
 /// Decodes, runs and answers jobs against a fixed set of plugins.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -21,6 +23,7 @@ pub struct Pipeline {
     decode: DecodeLimits,
     policy: RetryPolicy,
     max_reply_bytes: usize,
+    metrics: Option<JobMetrics>,
 }
 
 impl Pipeline {
@@ -36,7 +39,15 @@ impl Pipeline {
             decode,
             policy,
             max_reply_bytes,
+            metrics: None,
         }
+    }
+
+    /// Counts every job in `metrics` (`kiln worker`'s `/metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: JobMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The plugins this pipeline serves.
@@ -51,6 +62,7 @@ impl Pipeline {
 
     /// Handles attempt `attempt` (1-based) of the job in `body`.
     pub async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
+        let _in_flight = self.metrics.as_ref().map(JobMetrics::in_flight);
         match decode_job(body, envelope, &self.decode) {
             Ok(job) => self.run(&job, attempt).await,
             Err(e) => self.finish(e.into(), attempt),
@@ -71,6 +83,15 @@ impl Pipeline {
                 return self.finish(reply, attempt);
             }
         };
+        // The job's span (the broker's), if any, learns which plugin ran it.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("kiln.plugin", plugin.name());
+            span.record(
+                "kiln.plugin_version",
+                tracing::field::display(plugin.version()),
+            );
+        }
         let ctx = JobContext {
             job_id: Arc::from(job.job_id.as_str()),
             config: Arc::new(job.config.clone()),
@@ -79,6 +100,14 @@ impl Pipeline {
         let body = match &job.payload {
             Payload::Single(input) => {
                 let run = plugin.process(&ctx, input).await;
+                if let Some(m) = &self.metrics {
+                    m.job_ran(
+                        plugin.name(),
+                        run.duration,
+                        run.fuel_used,
+                        run.instantiation,
+                    );
+                }
                 match run.result {
                     Ok(out) => ReplyBody::Ok(success(out, run.duration, run.fuel_used)),
                     Err(f) => ReplyBody::Error(job_error(f)),
@@ -86,6 +115,14 @@ impl Pipeline {
             }
             Payload::Batch(inputs) => {
                 let run = plugin.process_batch(&ctx, inputs).await;
+                if let Some(m) = &self.metrics {
+                    m.job_ran(
+                        plugin.name(),
+                        run.duration,
+                        run.fuel_used,
+                        run.instantiation,
+                    );
+                }
                 match run.result {
                     Ok(results) => ReplyBody::Batch {
                         results: results
@@ -128,6 +165,9 @@ impl Pipeline {
             }
         };
         let disposition = disposition(error.map_or(Ok(()), Err), attempt, &self.policy);
+        if let Some(m) = &self.metrics {
+            m.job_handled(&reply.plugin, error);
+        }
         Handled {
             job_id: reply.job_id.clone(),
             reply,

@@ -1,13 +1,16 @@
 //! `kiln worker`: the broker consumer of `kiln-broker` driving the
-//! pipeline, the health endpoints, and signal handling.
+//! pipeline, the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`), and
+//! signal handling.
 
 use std::sync::Arc;
 
-use kiln_broker::{JobHandler, Topology, Worker};
+use kiln_broker::{JobHandler, Topology, TraceHeaders, Worker};
 use kiln_protocol::{Envelope, Handled};
+use kiln_sandbox::Registry;
 use tokio::sync::watch;
 
 use crate::config::KilnConfig;
+use crate::metrics::{Exposition, JobMetrics};
 use crate::pipeline::Pipeline;
 
 impl JobHandler for Pipeline {
@@ -16,20 +19,43 @@ impl JobHandler for Pipeline {
     }
 }
 
-/// Runs the worker until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: &KilnConfig, pipeline: Arc<Pipeline>) -> anyhow::Result<()> {
+/// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
+/// then drains and returns. `trace` carries trace context through the AMQP
+/// headers (see [`crate::telemetry`]).
+pub async fn run(
+    config: &KilnConfig,
+    registry: Arc<Registry>,
+    trace: Arc<dyn TraceHeaders>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let jobs = JobMetrics::new(&registry);
+    let plugins_loaded = !registry.is_empty();
+    if !plugins_loaded {
+        tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready");
+    }
+    let pipeline =
+        Arc::new(crate::pipeline_for(config, registry.clone()).with_metrics(jobs.clone()));
     let topology = Topology::new(&config.amqp, pipeline.policy());
     let concurrency = config.pipeline.effective_concurrency();
-    let worker = Worker::new(config.amqp.clone(), topology, pipeline, concurrency);
+    let worker =
+        Worker::new(config.amqp.clone(), topology, pipeline, concurrency).with_trace_headers(trace);
+    let exposition = Arc::new(Exposition::new(&jobs, Some(worker.stats()), &registry));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "health endpoints listening");
-    let health = tokio::spawn(serve_health(listener, worker.readiness(), stop_rx.clone()));
+    tracing::info!(%address, "health and metrics endpoints listening");
+    let probes = Probes {
+        consuming: worker.readiness(),
+        plugins_loaded,
+        metrics: exposition,
+    };
+    // The endpoints outlive the drain: `/readyz` says 503 while draining,
+    // and `/healthz` keeps answering so a long drain is not taken for a hang.
+    let (done_tx, done_rx) = watch::channel(false);
+    let http = tokio::spawn(serve_http(listener, probes, done_rx));
 
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -42,40 +68,75 @@ pub async fn run(config: &KilnConfig, pipeline: Arc<Pipeline>) -> anyhow::Result
         tracing::warn!(%warning, "config does not fit the container");
     }
     worker.run(stop_rx).await;
-    health.abort();
+    let _ = done_tx.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(1), http)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http server did not stop in time");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// `/healthz`: the process and its runtime answer. `/readyz`: connected to
-/// the broker, consuming, and not draining (503 otherwise).
-async fn serve_health(
+/// What the HTTP endpoints report.
+struct Probes {
+    /// Connected to the broker and consuming, not draining.
+    consuming: watch::Receiver<bool>,
+    /// At least one plugin loaded.
+    plugins_loaded: bool,
+    metrics: Arc<Exposition>,
+}
+
+/// `/healthz`: the process and its async runtime answer (the handler runs
+/// on the runtime the jobs use). `/readyz`: connected to the broker,
+/// consuming, not draining, and plugins loaded (503 otherwise, with the
+/// reason). `/metrics`: the OpenMetrics text of [`Exposition`].
+async fn serve_http(
     listener: tokio::net::TcpListener,
-    ready: watch::Receiver<bool>,
+    probes: Probes,
     mut stop: watch::Receiver<bool>,
 ) {
-    use axum::http::StatusCode;
+    use axum::http::{StatusCode, header};
     use axum::routing::get;
+    let Probes {
+        consuming,
+        plugins_loaded,
+        metrics,
+    } = probes;
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || {
-                let ready = *ready.borrow();
+                let consuming = *consuming.borrow();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    match (plugins_loaded, consuming) {
+                        (true, true) => (StatusCode::OK, "ready"),
+                        (false, _) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: no plugin loaded",
+                        ),
+                        (true, false) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: not consuming (connecting, reconnecting or draining)",
+                        ),
                     }
                 }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text) }
             }),
         );
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
     if let Err(error) = serve.await {
-        tracing::error!(%error, "health server failed");
+        tracing::error!(%error, "http server failed");
     }
 }
 

@@ -1,0 +1,806 @@
+//! Traces, metrics and probes of a real `kiln worker` (and `kiln enqueue`)
+//! against the local RabbitMQ (127.0.0.1:5672, guest/guest; `.ci/run`
+//! starts it). No collector can be installed here, so the trace test runs
+//! its own OTLP/HTTP receiver: an axum server on 127.0.0.1 that decodes
+//! `ExportTraceServiceRequest`s with `opentelemetry-proto`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message as _;
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("kiln-test-obs-{name}-{}-{nanos}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn job(id: &str, plugin: &str, input: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": input}))
+        .unwrap()
+}
+
+/// A plain HTTP/1.0 GET: (status, content type, body).
+fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Some((status, content_type, body.to_owned()))
+}
+
+/// A `kiln worker` on its own queue and HTTP port.
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+impl Worker {
+    fn spawn(queue: &str, plugins: &Path, cache: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"));
+        cmd.args(["worker", "--amqp-url", URL, "--queue", queue])
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--cache")
+            .arg(cache)
+            .args(["--http-listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "error")
+            .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
+            .env("KILN__PIPELINE__CONCURRENCY", "2")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            port,
+        }
+    }
+
+    /// Polls `/readyz` until its status is `want`; returns the last body.
+    async fn wait_ready(&self, want: u16, timeout: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some((status, _, body)) = get(self.port, "/readyz") {
+                if status == want {
+                    return body;
+                }
+                assert!(
+                    started.elapsed() < timeout,
+                    "/readyz stuck at {status}: {body}"
+                );
+            }
+            assert!(started.elapsed() < timeout, "/readyz never answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a successful exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "worker exited with {status}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "worker did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test's own connection, with a reply queue.
+struct Broker {
+    _conn: Connection,
+    channel: Channel,
+    replies: String,
+    consumer: lapin::Consumer,
+}
+
+/// One reply: its body and headers.
+struct Reply {
+    body: serde_json::Value,
+    headers: FieldTable,
+}
+
+impl Broker {
+    async fn connect() -> Self {
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let replies = unique("replies");
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                ShortString::from(replies.clone()),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(replies.clone()),
+                ShortString::from(replies.clone()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _conn: conn,
+            channel,
+            replies,
+            consumer,
+        }
+    }
+
+    async fn publish(&self, queue: &str, body: Vec<u8>, message_id: &str, headers: FieldTable) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message_id.to_owned()))
+            .with_correlation_id(ShortString::from(message_id.to_owned()))
+            .with_reply_to(ShortString::from(self.replies.clone()))
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue.to_owned()),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    async fn take(&mut self, n: usize, timeout: Duration) -> Vec<Reply> {
+        take(&mut self.consumer, n, timeout).await
+    }
+
+    /// Takes up to `n` messages from another queue.
+    async fn drain(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Reply> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                ShortString::from(queue.to_owned()),
+                ShortString::from(unique("drain")),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        take(&mut consumer, n, timeout).await
+    }
+
+    async fn delete_all(&self, queue: &str) {
+        for name in [
+            queue.to_owned(),
+            format!("{queue}.dead"),
+            format!("{queue}.results"),
+            format!("{queue}.retry.1"),
+            format!("{queue}.retry.2"),
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+async fn take(consumer: &mut lapin::Consumer, n: usize, timeout: Duration) -> Vec<Reply> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                got.push(Reply {
+                    body: serde_json::from_slice(&d.data).unwrap(),
+                    headers: d.properties.headers().clone().unwrap_or_default(),
+                });
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            }
+            _ => break,
+        }
+    }
+    got
+}
+
+fn header(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+// ---------------------------------------------------------------- traces
+
+/// One received span, flattened.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    resource: HashMap<String, String>,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+fn flatten(attributes: &[KeyValue]) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/HTTP receiver (protobuf, `POST /v1/traces`) on 127.0.0.1.
+struct Receiver {
+    endpoint: String,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        use axum::body::Bytes;
+        use axum::http::StatusCode;
+        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+        let sink = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                        return (StatusCode::BAD_REQUEST, Vec::new());
+                    };
+                    let mut got = sink.lock().unwrap();
+                    for rs in request.resource_spans {
+                        let resource =
+                            flatten(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+                        let service = resource.get("service.name").cloned().unwrap_or_default();
+                        for ss in rs.scope_spans {
+                            for s in ss.spans {
+                                got.push(Span {
+                                    service: service.clone(),
+                                    resource: resource.clone(),
+                                    name: s.name.clone(),
+                                    kind: s.kind,
+                                    trace_id: hex(&s.trace_id),
+                                    span_id: hex(&s.span_id),
+                                    parent_span_id: hex(&s.parent_span_id),
+                                    attributes: flatten(&s.attributes),
+                                });
+                            }
+                        }
+                    }
+                    // An empty ExportTraceServiceResponse.
+                    (StatusCode::OK, Vec::new())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, spans }
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the spans received.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let started = Instant::now();
+        loop {
+            let spans = self.spans();
+            if pred(&spans) {
+                return spans;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never received {what}; got {spans:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn traceparent(trace_id: &str, span_id: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(
+            format!("00-{trace_id}-{span_id}-01").into_bytes(),
+        )),
+    );
+    headers.insert(
+        "tracestate".into(),
+        AMQPValue::LongString(LongString::from(b"producer=test".to_vec())),
+    );
+    headers
+}
+
+/// Splits a `traceparent` into (trace id, span id).
+fn parse_traceparent(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {value}");
+    assert_eq!(parts[0], "00");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
+    let receiver = Receiver::start().await;
+    let q = unique("traces");
+    let plugins = kiln_integration_tests::plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    // A ten-minute batch delay: spans can only arrive through the flush at
+    // shutdown.
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+    ];
+    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &otel);
+    worker.wait_ready(200, Duration::from_secs(60)).await;
+    let mut broker = Broker::connect().await;
+
+    // 1. A producer of our own: a job carrying a traceparent.
+    let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let producer_span = "00f067aa0ba902b7";
+    broker
+        .publish(
+            &q,
+            job("j-direct", "uppercase", "hello"),
+            "m-direct",
+            traceparent(producer_trace, producer_span),
+        )
+        .await;
+    let replies = broker.take(1, Duration::from_secs(30)).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].body["output"], "HELLO");
+    let reply_parent = header(&replies[0].headers, "traceparent").expect("reply traceparent");
+    let (reply_trace, reply_span) = parse_traceparent(&reply_parent);
+    assert_eq!(reply_trace, producer_trace, "the reply continues the trace");
+    assert_ne!(reply_span, producer_span);
+    assert_eq!(
+        header(&replies[0].headers, "tracestate").as_deref(),
+        Some("producer=test")
+    );
+
+    // 2. `kiln enqueue`, which starts and injects its own spans, and flushes
+    // them when it exits.
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &jobs,
+        [job("j-enq", "uppercase", "world"), b"\n".to_vec()].concat(),
+    )
+    .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
+        .args(["enqueue", "--amqp-url", URL, "--queue", &q])
+        .arg(&jobs)
+        .env("RUST_LOG", "error")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_SERVICE_NAME", "kiln-enqueue-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let spans = receiver
+        .wait_for("enqueue's publish span", |s| {
+            s.iter()
+                .any(|s| s.service == "kiln-enqueue-test" && s.name.starts_with("publish"))
+        })
+        .await;
+    let publish = spans
+        .iter()
+        .find(|s| s.service == "kiln-enqueue-test" && s.name == format!("publish {q}"))
+        .unwrap_or_else(|| panic!("no publish span in {spans:#?}"));
+    assert_eq!(publish.kind, SpanKind::Producer as i32);
+    assert_eq!(publish.attributes["messaging.system"], "rabbitmq");
+    assert_eq!(publish.attributes["messaging.destination.name"], q);
+    assert_eq!(publish.attributes["messaging.message.id"], "j-enq");
+    assert_eq!(publish.attributes["kiln.job_id"], "j-enq");
+    let root = spans
+        .iter()
+        .find(|s| s.service == "kiln-enqueue-test" && s.name == format!("enqueue {q}"))
+        .unwrap_or_else(|| panic!("no enqueue span in {spans:#?}"));
+    assert_eq!(publish.parent_span_id, root.span_id);
+    assert_eq!(publish.trace_id, root.trace_id);
+
+    let done = broker
+        .drain(&format!("{q}.results"), 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(done.len(), 1, "the enqueued job was answered");
+
+    // Nothing from the worker yet: its batch only leaves on shutdown.
+    assert!(
+        receiver.spans().iter().all(|s| s.service != "kiln"),
+        "worker spans exported before shutdown: {:#?}",
+        receiver.spans()
+    );
+    worker.stop().await;
+    let spans = receiver
+        .wait_for("the worker's job spans", |s| {
+            s.iter()
+                .filter(|s| s.service == "kiln" && s.name.starts_with("process"))
+                .count()
+                >= 2
+        })
+        .await;
+
+    let job_span = |job_id: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.service == "kiln"
+                    && s.attributes.get("kiln.job_id").map(String::as_str) == Some(job_id)
+            })
+            .unwrap_or_else(|| panic!("no job span for {job_id} in {spans:#?}"))
+            .clone()
+    };
+    let direct = job_span("j-direct");
+    assert_eq!(direct.name, format!("process {q}"));
+    assert_eq!(direct.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        direct.trace_id, producer_trace,
+        "same trace as the producer"
+    );
+    assert_eq!(
+        direct.parent_span_id, producer_span,
+        "child of the producer span"
+    );
+    assert_eq!(direct.span_id, reply_span, "the reply carries the job span");
+    assert_eq!(direct.resource["deployment.environment"], "test");
+    assert_eq!(
+        direct.resource["service.name"], "kiln",
+        "the default service name"
+    );
+    for (key, want) in [
+        ("messaging.system", "rabbitmq"),
+        ("messaging.operation", "process"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", q.as_str()),
+        ("messaging.rabbitmq.destination.routing_key", q.as_str()),
+        ("messaging.message.id", "m-direct"),
+        ("messaging.message.conversation_id", "m-direct"),
+        ("kiln.plugin", "uppercase"),
+        ("kiln.job_id", "j-direct"),
+        ("kiln.outcome", "ok"),
+        ("kiln.attempt", "1"),
+    ] {
+        assert_eq!(
+            direct.attributes.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {direct:#?}"
+        );
+    }
+    semver::Version::parse(&direct.attributes["kiln.plugin_version"]).unwrap();
+
+    let enqueued = job_span("j-enq");
+    assert_eq!(enqueued.trace_id, publish.trace_id);
+    assert_eq!(
+        enqueued.parent_span_id, publish.span_id,
+        "child of enqueue's publish span"
+    );
+
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_endpoint_replies_carry_no_trace_headers() {
+    let q = unique("notrace");
+    let plugins = kiln_integration_tests::plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    // An empty endpoint counts as unset.
+    let worker = Worker::spawn(
+        &q,
+        plugins.path(),
+        cache.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
+    );
+    worker.wait_ready(200, Duration::from_secs(60)).await;
+    let mut broker = Broker::connect().await;
+    broker
+        .publish(
+            &q,
+            job("j", "uppercase", "x"),
+            "m",
+            traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+        )
+        .await;
+    let replies = broker.take(1, Duration::from_secs(30)).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(header(&replies[0].headers, "traceparent"), None);
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+// --------------------------------------------------------------- metrics
+
+/// The value of one sample line `series value` of an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn check_samples(text: &str, expected: &[(&str, f64)]) {
+    for (series, want) in expected {
+        assert_eq!(sample(text, series), Some(*want), "{series} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_outcomes_retries_and_dead_letters() {
+    let q = unique("metrics");
+    let plugins =
+        kiln_integration_tests::plugin_dir(&["uppercase", "hostile-panic", "hostile-spin"]);
+    let cache = tempfile::tempdir().unwrap();
+    let env = [
+        ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "50"),
+        ("KILN__PIPELINE__INITIAL_BACKOFF_MS", "100"),
+    ];
+    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &env);
+    assert_eq!(
+        worker.wait_ready(200, Duration::from_secs(60)).await,
+        "ready"
+    );
+    let (status, _, body) = get(worker.port, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+
+    let mut broker = Broker::connect().await;
+    let jobs = [
+        job("ok-1", "uppercase", "a"),
+        job("ok-2", "uppercase", "b"),
+        job("ok-3", "uppercase", "c"),
+        // A trap: answered, not retried.
+        job("trap", "hostile-panic", "x"),
+        // Not loaded: answered and dead-lettered, counted as `unknown`.
+        job("unknown", "no-such-plugin-a1b2", "x"),
+        // Times out three times: two retries, then answered and dead-lettered.
+        job("spin", "hostile-spin", "x"),
+    ];
+    for (i, body) in jobs.into_iter().enumerate() {
+        broker
+            .publish(&q, body, &format!("m-{i}"), FieldTable::default())
+            .await;
+    }
+    let replies = broker.take(6, Duration::from_secs(60)).await;
+    assert_eq!(replies.len(), 6, "one reply per job");
+    // The last ack follows the last reply's confirm: wait for it.
+    let started = Instant::now();
+    let text = loop {
+        let (status, content_type, text) = get(worker.port, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        if sample(&text, "kiln_jobs_acked_total") == Some(8.0)
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    check_samples(
+        &text,
+        &[
+            ("kiln_jobs_total{plugin=\"uppercase\",outcome=\"ok\"}", 3.0),
+            (
+                "kiln_jobs_total{plugin=\"hostile-panic\",outcome=\"trap\"}",
+                1.0,
+            ),
+            (
+                "kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"}",
+                1.0,
+            ),
+            (
+                "kiln_jobs_total{plugin=\"hostile-spin\",outcome=\"timeout\"}",
+                3.0,
+            ),
+        ],
+    );
+    check_samples(
+        &text,
+        &[
+            ("kiln_retries_total", 2.0),
+            ("kiln_dead_lettered_total", 2.0),
+            ("kiln_jobs_acked_total", 8.0),
+            ("kiln_amqp_reconnects_total", 0.0),
+            ("kiln_jobs_in_flight", 0.0),
+            ("kiln_plugins_loaded", 3.0),
+            ("kiln_plugin_cache_hits_total", 0.0),
+            ("kiln_plugin_cache_misses_total", 3.0),
+            ("kiln_job_duration_seconds_count{plugin=\"uppercase\"}", 3.0),
+            (
+                "kiln_job_duration_seconds_count{plugin=\"hostile-spin\"}",
+                3.0,
+            ),
+            ("kiln_job_fuel_consumed_count{plugin=\"uppercase\"}", 3.0),
+            (
+                "kiln_plugin_instantiation_seconds_count{plugin=\"uppercase\"}",
+                3.0,
+            ),
+        ],
+    );
+    assert_eq!(
+        sample(&text, "kiln_job_duration_seconds_count{plugin=\"unknown\"}"),
+        None
+    );
+    // Each of the three spins hit its 50 ms deadline.
+    let spin_seconds = sample(
+        &text,
+        "kiln_job_duration_seconds_sum{plugin=\"hostile-spin\"}",
+    )
+    .unwrap();
+    assert!(spin_seconds >= 0.15, "{spin_seconds}");
+    assert!(sample(&text, "kiln_job_fuel_consumed_sum{plugin=\"uppercase\"}").unwrap() > 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            "kiln_job_duration_seconds_bucket{le=\"+Inf\",plugin=\"uppercase\"}"
+        ),
+        Some(3.0)
+    );
+    for (family, kind) in [
+        ("kiln_jobs", "counter"),
+        ("kiln_job_duration_seconds", "histogram"),
+        ("kiln_job_fuel_consumed", "histogram"),
+        ("kiln_plugin_instantiation_seconds", "histogram"),
+        ("kiln_jobs_in_flight", "gauge"),
+        ("kiln_retries", "counter"),
+        ("kiln_dead_lettered", "counter"),
+        ("kiln_amqp_reconnects", "counter"),
+        ("kiln_plugins_loaded", "gauge"),
+        ("kiln_plugin_cache_hits", "counter"),
+        ("kiln_plugin_cache_misses", "counter"),
+        ("kiln_build_info", "gauge"),
+    ] {
+        let line = format!("# TYPE {family} {kind}");
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kiln_build_info{version=") && l.ends_with(" 1"))
+    );
+    // No series per unknown plugin name.
+    assert!(!text.contains("no-such-plugin"), "{text}");
+    worker.stop().await;
+
+    // The same plugins and cache again: every plugin is a cache hit.
+    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &env);
+    worker.wait_ready(200, Duration::from_secs(60)).await;
+    let (_, _, text) = get(worker.port, "/metrics").unwrap();
+    check_samples(
+        &text,
+        &[
+            ("kiln_plugin_cache_hits_total", 3.0),
+            ("kiln_plugin_cache_misses_total", 0.0),
+            ("kiln_retries_total", 0.0),
+        ],
+    );
+    worker.stop().await;
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_wants_plugins_and_healthz_only_a_live_process() {
+    let q = unique("noplugins");
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &[]);
+    let started = Instant::now();
+    let health = loop {
+        if let Some(answer) = get(worker.port, "/healthz") {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/healthz never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((health.0, health.2.as_str()), (200, "ok"));
+    // Connected and consuming, but with nothing to run jobs with.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, body) = get(worker.port, "/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("no plugin loaded"), "{body}");
+    worker.stop().await;
+    let broker = Broker::connect().await;
+    broker.delete_all(&q).await;
+}

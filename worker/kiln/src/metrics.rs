@@ -1,0 +1,430 @@
+//! The Prometheus metrics of `kiln worker`, served on `/metrics` in the
+//! OpenMetrics text format (`prometheus-client`).
+//!
+//! Two kinds of source: [`JobMetrics`], the per-job instruments the
+//! pipeline updates (a few atomic adds and a histogram observation per
+//! job), and values read only at scrape time by a collector: the broker's
+//! [`WorkerStats`] counters and the plugin registry. Label values are
+//! bounded: a plugin label is the name of a loaded plugin or `unknown`, and
+//! an outcome label is `ok` or an error kind of the outcome table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use kiln_broker::WorkerStats;
+use kiln_protocol::ErrorKind;
+use kiln_sandbox::Registry as Plugins;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of [`Exposition::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The plugin label of a job whose plugin is not loaded (or unreadable).
+pub const UNKNOWN_PLUGIN: &str = "unknown";
+
+/// Labels of `kiln_jobs_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobLabels {
+    plugin: Arc<str>,
+    outcome: &'static str,
+}
+
+/// Labels of the per-plugin histograms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: Arc<str>,
+}
+
+/// Labels of `kiln_build_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    arch: &'static str,
+    os: &'static str,
+}
+
+type HistogramFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+fn instantiation_histogram() -> Histogram {
+    Histogram::new([
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.025, 0.1,
+    ])
+}
+
+fn fuel_histogram() -> Histogram {
+    // 1e3 to 1e10 units of fuel, one bucket per decade.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e3, 10.0, 8,
+    ))
+}
+
+/// The per-job instruments. Cheap to clone (every instrument is shared).
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    /// Interned plugin names: a lookup by `&str`, no allocation per job.
+    names: Arc<HashMap<String, Arc<str>>>,
+    unknown: Arc<str>,
+    jobs: Family<JobLabels, Counter>,
+    duration: HistogramFamily,
+    fuel: HistogramFamily,
+    instantiation: HistogramFamily,
+    in_flight: Gauge,
+}
+
+impl JobMetrics {
+    /// Instruments for the plugins in `plugins` (any other name is counted
+    /// as [`UNKNOWN_PLUGIN`]).
+    pub fn new(plugins: &Plugins) -> Self {
+        let names = plugins
+            .plugins()
+            .map(|p| (p.name().to_owned(), Arc::from(p.name())))
+            .collect();
+        Self {
+            names: Arc::new(names),
+            unknown: Arc::from(UNKNOWN_PLUGIN),
+            jobs: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            fuel: Family::new_with_constructor(fuel_histogram),
+            instantiation: Family::new_with_constructor(instantiation_histogram),
+            in_flight: Gauge::default(),
+        }
+    }
+
+    /// The label for a plugin name taken from a job: itself if loaded,
+    /// [`UNKNOWN_PLUGIN`] otherwise.
+    fn label(&self, name: &str) -> Arc<str> {
+        self.names.get(name).unwrap_or(&self.unknown).clone()
+    }
+
+    /// Counts one handled attempt of a job for `plugin` (as the job named
+    /// it) with its outcome (`None` for success).
+    pub fn job_handled(&self, plugin: &str, error: Option<ErrorKind>) {
+        let labels = JobLabels {
+            plugin: self.label(plugin),
+            outcome: error.map_or("ok", ErrorKind::as_str),
+        };
+        self.jobs.get_or_create(&labels).inc();
+    }
+
+    /// Records what running a job in a loaded plugin cost.
+    pub fn job_ran(&self, plugin: &str, duration: Duration, fuel: u64, instantiation: Duration) {
+        let labels = PluginLabels {
+            plugin: self.label(plugin),
+        };
+        self.duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        // Precision loss above 2^53 fuel is irrelevant for a histogram.
+        #[allow(clippy::cast_precision_loss)]
+        self.fuel.get_or_create(&labels).observe(fuel as f64);
+        if !instantiation.is_zero() {
+            self.instantiation
+                .get_or_create(&labels)
+                .observe(instantiation.as_secs_f64());
+        }
+    }
+
+    /// Marks a job as running until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// Keeps `kiln_jobs_in_flight` raised while alive.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What is read at scrape time: the broker's counters and the plugins.
+#[derive(Debug)]
+struct ScrapeTime {
+    stats: Option<Arc<WorkerStats>>,
+    plugins_loaded: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for ScrapeTime {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let gauge = ConstGauge::new(i64::try_from(self.plugins_loaded).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "kiln_plugins_loaded",
+            "Plugins loaded and serving jobs.",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        counter(
+            &mut encoder,
+            "kiln_plugin_cache_hits",
+            "Plugins loaded from the component cache (baked or writable tier) without compiling.",
+            self.cache_hits,
+        )?;
+        counter(
+            &mut encoder,
+            "kiln_plugin_cache_misses",
+            "Plugins that had to be compiled at load.",
+            self.cache_misses,
+        )?;
+        let Some(stats) = &self.stats else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "kiln_retries",
+                "Retries scheduled through the delay queues.",
+                &stats.retried,
+            ),
+            (
+                "kiln_dead_lettered",
+                "Jobs published to the dead-letter queue.",
+                &stats.dead_lettered,
+            ),
+            (
+                "kiln_amqp_reconnects",
+                "Broker sessions re-established after a lost connection, channel or consumer.",
+                &stats.reconnects,
+            ),
+            (
+                "kiln_jobs_acked",
+                "Deliveries acked after everything their outcome published was confirmed.",
+                &stats.acked,
+            ),
+            (
+                "kiln_replies_unroutable",
+                "Replies returned by the broker as unroutable (the reply queue was gone) and dropped.",
+                &stats.unroutable_replies,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value.load(Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `/metrics` registry.
+#[derive(Debug)]
+pub struct Exposition {
+    registry: Registry,
+}
+
+impl Exposition {
+    /// A registry over `jobs`, the broker's `stats` (absent outside the
+    /// broker worker) and the loaded `plugins`.
+    pub fn new(jobs: &JobMetrics, stats: Option<Arc<WorkerStats>>, plugins: &Plugins) -> Self {
+        let mut registry = Registry::default();
+        registry.register(
+            "kiln_jobs",
+            "Job attempts handled, by plugin (`unknown` when not loaded) and outcome (`ok` or the error kind).",
+            jobs.jobs.clone(),
+        );
+        registry.register_with_unit(
+            "kiln_job_duration",
+            "Wall-clock time of a job in its plugin, instantiation included.",
+            Unit::Seconds,
+            jobs.duration.clone(),
+        );
+        registry.register(
+            "kiln_job_fuel_consumed",
+            "Fuel a job consumed (wasmtime fuel units, roughly one per instruction).",
+            jobs.fuel.clone(),
+        );
+        registry.register_with_unit(
+            "kiln_plugin_instantiation",
+            "Time to create a job's store and instantiate its plugin.",
+            Unit::Seconds,
+            jobs.instantiation.clone(),
+        );
+        registry.register(
+            "kiln_jobs_in_flight",
+            "Jobs running in the pipeline now.",
+            jobs.in_flight.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+                os: std::env::consts::OS,
+            })
+            .set(1);
+        registry.register(
+            "kiln_build_info",
+            "Always 1; the labels describe the build.",
+            build,
+        );
+        let (hits, misses) = plugins.plugins().fold((0, 0), |(h, m), p| {
+            if p.cache_state().is_hit() {
+                (h + 1, m)
+            } else {
+                (h, m + 1)
+            }
+        });
+        registry.register_collector(Box::new(ScrapeTime {
+            stats,
+            plugins_loaded: hits + misses,
+            cache_hits: hits,
+            cache_misses: misses,
+        }));
+        Self { registry }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(8 << 10);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample lines of `text` (no comments), as `name{labels} value`.
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        samples(text)
+            .into_iter()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn renders_names_types_and_values() {
+        let plugins = Plugins::default();
+        let jobs = JobMetrics::new(&plugins);
+        let stats = Arc::new(WorkerStats::default());
+        stats.retried.fetch_add(2, Relaxed);
+        stats.dead_lettered.fetch_add(1, Relaxed);
+        stats.reconnects.fetch_add(3, Relaxed);
+        let exposition = Exposition::new(&jobs, Some(stats.clone()), &plugins);
+
+        jobs.job_handled("nope", None);
+        jobs.job_handled("nope", Some(ErrorKind::UnknownPlugin));
+        jobs.job_handled("", Some(ErrorKind::UnknownPlugin));
+        jobs.job_ran(
+            "nope",
+            Duration::from_millis(3),
+            12_345,
+            Duration::from_micros(40),
+        );
+        let guard = jobs.in_flight();
+        let text = exposition.render();
+        drop(guard);
+
+        for (series, want) in [
+            ("kiln_jobs_total{plugin=\"unknown\",outcome=\"ok\"}", 1.0),
+            (
+                "kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"}",
+                2.0,
+            ),
+            ("kiln_job_duration_seconds_count{plugin=\"unknown\"}", 1.0),
+            ("kiln_job_duration_seconds_sum{plugin=\"unknown\"}", 0.003),
+            (
+                "kiln_job_duration_seconds_bucket{le=\"0.005\",plugin=\"unknown\"}",
+                1.0,
+            ),
+            (
+                "kiln_job_duration_seconds_bucket{le=\"0.0025\",plugin=\"unknown\"}",
+                0.0,
+            ),
+            ("kiln_job_fuel_consumed_sum{plugin=\"unknown\"}", 12_345.0),
+            (
+                "kiln_plugin_instantiation_seconds_count{plugin=\"unknown\"}",
+                1.0,
+            ),
+            ("kiln_jobs_in_flight", 1.0),
+            ("kiln_retries_total", 2.0),
+            ("kiln_dead_lettered_total", 1.0),
+            ("kiln_amqp_reconnects_total", 3.0),
+            ("kiln_plugins_loaded", 0.0),
+            ("kiln_plugin_cache_hits_total", 0.0),
+            ("kiln_plugin_cache_misses_total", 0.0),
+        ] {
+            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        }
+        for (family, kind) in [
+            ("kiln_jobs", "counter"),
+            ("kiln_job_duration_seconds", "histogram"),
+            ("kiln_job_fuel_consumed", "histogram"),
+            ("kiln_plugin_instantiation_seconds", "histogram"),
+            ("kiln_jobs_in_flight", "gauge"),
+            ("kiln_retries", "counter"),
+            ("kiln_dead_lettered", "counter"),
+            ("kiln_amqp_reconnects", "counter"),
+            ("kiln_plugins_loaded", "gauge"),
+            ("kiln_plugin_cache_hits", "counter"),
+            ("kiln_plugin_cache_misses", "counter"),
+            ("kiln_build_info", "gauge"),
+        ] {
+            let line = format!("# TYPE {family} {kind}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "kiln_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.ends_with("# EOF\n"));
+        // The in-flight guard lowers the gauge again.
+        assert_eq!(
+            value(&exposition.render(), "kiln_jobs_in_flight"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn unknown_plugin_names_share_one_series() {
+        let plugins = Plugins::default();
+        let jobs = JobMetrics::new(&plugins);
+        let exposition = Exposition::new(&jobs, None, &plugins);
+        for i in 0..1_000 {
+            jobs.job_handled(&format!("random-{i}"), Some(ErrorKind::UnknownPlugin));
+        }
+        let text = exposition.render();
+        let series: Vec<_> = samples(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("kiln_jobs_total"))
+            .collect();
+        assert_eq!(
+            series,
+            ["kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"} 1000"]
+        );
+        // Without broker stats, the broker's counters are simply absent.
+        assert!(!text.contains("kiln_retries"));
+    }
+}
