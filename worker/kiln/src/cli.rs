@@ -76,6 +76,33 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Scaffold a new plugin (see docs/SDK.md).
+    New {
+        #[command(subcommand)]
+        command: NewCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NewCommand {
+    /// A Rust plugin crate on the kiln-plugin SDK (Cargo.toml, NAME.toml,
+    /// src/lib.rs, README.md) that `cargo build --release --target
+    /// wasm32-wasip2` builds into a component.
+    Plugin {
+        /// The plugin's name: the crate's, the directory's, and the one jobs
+        /// address.
+        name: String,
+        /// Also export `batch` (world batch-text-plugin).
+        #[arg(long)]
+        batch: bool,
+        /// Where to create the crate's directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The kiln-plugin crate to depend on by path [default: the one of
+        /// the Kiln checkout DIR is in, else a git dependency]
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +256,10 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `new` needs no config (nor a valid one).
+    if let Command::New { command } = &cli.command {
+        return new(command);
+    }
     let config = match load_config(&cli.global) {
         Ok(c) => c,
         Err(e) => {
@@ -287,6 +318,41 @@ fn config_check(config: &KilnConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `kiln new plugin`: the files created on stdout, problems on stderr.
+fn new(command: &NewCommand) -> ExitCode {
+    use crate::scaffold::{self, SdkSource};
+    let NewCommand::Plugin {
+        name,
+        batch,
+        dir,
+        sdk,
+    } = command;
+    match scaffold::create(dir, name, *batch, sdk.as_deref()) {
+        Ok(made) => {
+            for file in &made.files {
+                println!("created {}", file.display());
+            }
+            if made.sdk == SdkSource::Git {
+                eprintln!(
+                    "kiln: warning: kiln-plugin is not on crates.io: Cargo.toml fetches it from {}; \
+                     pass --sdk PATH or edit the dependency to use a Kiln checkout",
+                    scaffold::REPOSITORY
+                );
+            }
+            println!(
+                "build it with: cd {} && {}",
+                made.dir.display(),
+                scaffold::BUILD_COMMAND
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn load_config(global: &Global) -> anyhow::Result<KilnConfig> {
     let mut config = KilnConfig::load(global.config_file.as_deref())?;
     if let Some(dir) = &global.plugins {
@@ -311,6 +377,7 @@ async fn dispatch(
         Command::Enqueue(args) => enqueue(args, config, trace.as_ref()).await,
         Command::Dlq { broker, command } => dlq(broker, command, config).await,
         Command::Config { .. } => Ok(config_check(&config)),
+        Command::New { command } => Ok(new(&command)),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedded;
 pub mod metrics;
 pub mod pipeline;
+pub mod scaffold;
 pub mod telemetry;
 pub mod worker;
 
