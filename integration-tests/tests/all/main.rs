@@ -8,4 +8,5 @@ mod cli;
 mod embedded;
 mod examples;
 mod loading;
+mod manifests;
 mod records;

@@ -19,8 +19,33 @@ pub struct SandboxConfig {
     /// Where compiled components are kept between starts.
     pub cache: CacheConfig,
     /// Per-plugin config served through `get-config` after the job's own
-    /// config, keyed by plugin name. Default: empty.
+    /// config, keyed by plugin name. It wins over a manifest's `[config]`.
+    /// Default: empty.
     pub plugin_config: BTreeMap<String, BTreeMap<String, String>>,
+    /// The most a plugin manifest may ask for.
+    pub caps: Caps,
+}
+
+/// The operator's caps on plugin manifests (`<stem>.toml`). A manifest
+/// asking for more is refused at load. An unset cap is the matching default
+/// in `[sandbox.limits]`, so by default a manifest can only lower limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Caps {
+    /// Most memory per job a manifest may ask for, in bytes. The pool's
+    /// memory slots are sized for it. Default: `limits.memory_bytes`.
+    pub memory_bytes: Option<usize>,
+    /// Most fuel per job, in fuel units. Default: `limits.fuel`.
+    pub fuel: Option<u64>,
+    /// Longest deadline per job, in milliseconds. Default: `limits.timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// Largest input, in bytes. Default: `limits.max_input_bytes`.
+    pub max_input_bytes: Option<usize>,
+    /// Largest output, in bytes. Default: `limits.max_output_bytes`.
+    pub max_output_bytes: Option<usize>,
+    /// Host directories under which manifests may grant read-only access
+    /// (symlinks resolved). Default: none, so no directory can be granted.
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 /// Limits on every job. A job may ask for a shorter deadline, never a longer one.

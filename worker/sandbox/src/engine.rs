@@ -42,7 +42,11 @@ pub fn build_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
         .table_elements(pool.max_table_elements)
         // A slot is as large as the largest memory cap: the limiter enforces
         // the real, per-instance total.
-        .max_memory_size(limits.memory_bytes)
+        .max_memory_size(
+            limits
+                .memory_bytes
+                .max(config.caps.memory_bytes.unwrap_or(0)),
+        )
         // Reset only the pages a job dirtied (Linux 6.7+ `PAGEMAP_SCAN`;
         // elsewhere this falls back to resetting a prefix).
         .pagemap_scan(Enabled::Auto)

@@ -23,6 +23,15 @@ pub enum LoadError {
         /// What wasmtime said.
         message: String,
     },
+    /// The plugin's manifest (`<stem>.toml`) is malformed, asks for more than
+    /// the operator's caps, or names another plugin.
+    #[error("plugin {path}: manifest: {message}")]
+    Manifest {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is wrong: the key, and the cap when one was exceeded.
+        message: String,
+    },
     /// The component was built against a version of the `kiln:plugin`
     /// contract this host does not serve.
     #[error("plugin {path}: incompatible contract: {message}")]

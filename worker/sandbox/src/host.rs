@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::kiln::plugin::host_api::{self, LogLevel};
 use crate::bindings::kiln::plugin::types;
 use crate::config::Limits;
+use crate::manifest::Grants;
 use crate::stdio::GuestOutput;
 
 /// The per-job state inside a fresh `Store`. Nothing in it outlives the job.
@@ -38,6 +39,8 @@ pub(crate) struct JobIdentity {
     pub(crate) job_id: Arc<str>,
     pub(crate) job_config: Arc<BTreeMap<String, String>>,
     pub(crate) plugin_config: Arc<BTreeMap<String, String>>,
+    /// What the plugin's manifest grants (nothing by default).
+    pub(crate) grants: Arc<Grants>,
 }
 
 impl JobState {
@@ -49,14 +52,27 @@ impl JobState {
         // components importing them still load, but TCP, UDP and name
         // lookups are off and every address is refused. Clocks and random
         // are the builder's defaults (allowed).
-        let wasi = WasiCtxBuilder::new()
+        let mut builder = WasiCtxBuilder::new();
+        builder
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        // The manifest's grants, checked against the operator's caps at
+        // load: explicit variables, and read-only directories.
+        for (key, value) in &who.grants.env {
+            builder.env(key, value);
+        }
+        for (host, guest) in &who.grants.dirs {
+            if let Err(error) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                // Checked at load; it has gone since. The guest sees no
+                // such directory.
+                tracing::warn!(plugin = &*who.plugin, dir = %host.display(), %error, "granted directory unavailable");
+            }
+        }
+        let wasi = builder.build();
         Self {
             wasi,
             table: ResourceTable::new(),

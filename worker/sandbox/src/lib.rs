@@ -16,6 +16,7 @@ pub mod contract;
 mod engine;
 mod error;
 mod host;
+pub mod manifest;
 mod plugin;
 mod registry;
 mod stdio;
@@ -27,7 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
 pub use cache::{CacheEntry, CacheState, ComponentCache};
-pub use config::{CacheConfig, Limits, PoolConfig, SandboxConfig};
+pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
 pub use engine::EPOCH_TICK;
 pub use error::{JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
@@ -105,6 +106,17 @@ impl Sandbox {
     /// async threads, then linked, checked against the world, and asked for
     /// its identity.
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let manifest_error = |message: String| LoadError::Manifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        // The manifest first: a bad one fails before any compile work.
+        let manifest = manifest::read(&manifest::path_for(path)).map_err(manifest_error)?;
+        let settings = manifest
+            .as_ref()
+            .map(|m| m.resolve(&self.limits, &self.config.caps))
+            .transpose()
+            .map_err(manifest_error)?;
         let wasm = tokio::fs::read(path)
             .await
             .map_err(|source| LoadError::Read {
@@ -121,7 +133,7 @@ impl Sandbox {
             path: path.to_path_buf(),
             message,
         })?;
-        Plugin::prepare(plugin::Prepared {
+        let mut plugin = Plugin::prepare(plugin::Prepared {
             path,
             wasm_bytes,
             component,
@@ -130,7 +142,13 @@ impl Sandbox {
             limits: self.limits.clone(),
             plugin_configs: &self.config.plugin_config,
         })
-        .await
+        .await?;
+        if let (Some(settings), Some(manifest)) = (settings, manifest) {
+            plugin
+                .apply(settings, manifest.description)
+                .map_err(manifest_error)?;
+        }
+        Ok(plugin)
     }
 
     /// Loads every `*.wasm` in `dir`. A file that fails is recorded in the

@@ -19,6 +19,7 @@ use crate::cache::CacheState;
 use crate::config::Limits;
 use crate::error::{JobFailure, LoadError, PluginErrorKind};
 use crate::host::{JobIdentity, JobState, MemoryCapReached};
+use crate::manifest::{Grants, Settings};
 
 /// What a caller says about the job it runs.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +74,10 @@ pub struct Plugin {
     engine: Engine,
     limits: Arc<Limits>,
     plugin_config: Arc<BTreeMap<String, String>>,
+    grants: Arc<Grants>,
+    /// Turns for this plugin's jobs, when its manifest bounds them.
+    turns: Option<Arc<tokio::sync::Semaphore>>,
+    description: String,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -133,6 +138,9 @@ impl Plugin {
             engine,
             limits: p.limits,
             plugin_config: Arc::default(),
+            grants: Arc::default(),
+            turns: None,
+            description: String::new(),
         };
 
         // Instantiate once: this type-checks every export and reads the identity.
@@ -209,6 +217,52 @@ impl Plugin {
         self.cache_state
     }
 
+    /// The manifest's description (empty without a manifest).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The limits this plugin's jobs run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Applies a manifest checked against the operator's caps. The
+    /// manifest must name this plugin; its config sits under the operator's
+    /// `sandbox.plugin_config` for the plugin.
+    pub(crate) fn apply(&mut self, manifest: Settings, description: String) -> Result<(), String> {
+        let (name, version) = &manifest.identity;
+        if *name != self.name || *version != self.version {
+            return Err(format!(
+                "names {name}@{version}, but the component reports {}@{}",
+                self.name, self.version
+            ));
+        }
+        let mut config = manifest.config;
+        config.extend(
+            self.plugin_config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        self.plugin_config = Arc::new(config);
+        self.limits = Arc::new(manifest.limits);
+        self.grants = Arc::new(manifest.grants);
+        self.turns = manifest
+            .max_concurrency
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+        self.description = description;
+        Ok(())
+    }
+
+    /// Waits for a turn when the manifest bounds this plugin's concurrency.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.turns {
+            // The semaphore is never closed.
+            Some(turns) => turns.acquire().await.ok(),
+            None => None,
+        }
+    }
+
     /// Whether the plugin exports `batch`.
     pub fn has_batch(&self) -> bool {
         self.batch_exports.is_some()
@@ -222,6 +276,7 @@ impl Plugin {
             job_id: ctx.job_id.clone(),
             job_config: ctx.config.clone(),
             plugin_config: self.plugin_config.clone(),
+            grants: self.grants.clone(),
         };
         let state = JobState::new(who, &self.limits, Instant::now() + deadline);
         let mut store = Store::new(&self.engine, state);
@@ -251,6 +306,12 @@ impl Plugin {
 
     /// Runs `process` on one input in a fresh instance.
     pub async fn process(&self, ctx: &JobContext, input: &str) -> SingleRun {
+        let _turn = self.turn().await;
+        self.process_one(ctx, input).await
+    }
+
+    /// `process` without waiting for a turn (the caller holds one).
+    async fn process_one(&self, ctx: &JobContext, input: &str) -> SingleRun {
         let started = Instant::now();
         if input.len() > self.limits.max_input_bytes {
             return Run {
@@ -286,6 +347,7 @@ impl Plugin {
     /// exports `batch` (the job's limits apply to that one call), otherwise
     /// each input in its own fresh instance under the job's limits.
     pub async fn process_batch(&self, ctx: &JobContext, inputs: &[String]) -> BatchRun {
+        let _turn = self.turn().await;
         let started = Instant::now();
         let total: usize = inputs.iter().map(String::len).sum();
         if total > self.limits.max_input_bytes {
@@ -304,7 +366,7 @@ impl Plugin {
             let mut fuel_used = 0;
             let mut instantiation = Duration::ZERO;
             for input in inputs {
-                let run = self.process(ctx, input).await;
+                let run = self.process_one(ctx, input).await;
                 fuel_used += run.fuel_used;
                 instantiation += run.instantiation;
                 results.push(run.result);
