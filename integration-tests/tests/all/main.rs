@@ -10,3 +10,4 @@ mod examples;
 mod loading;
 mod manifests;
 mod records;
+mod sdk;
