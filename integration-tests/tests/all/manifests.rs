@@ -197,3 +197,85 @@ async fn max_concurrency_makes_jobs_of_that_plugin_take_turns() {
         started.elapsed()
     );
 }
+
+/// `versioned` 1.0.0 (stable, its manifest declaring `canary`) and 1.1.0.
+fn canary_dir(percent: u8) -> tempfile::TempDir {
+    let dir = plugin_dir(&["versioned-1-0", "versioned-1-1"]);
+    std::fs::write(
+        dir.path().join("versioned_1_0.toml"),
+        format!(
+            "name = \"versioned\"\nversion = \"1.0.0\"\n\
+             canary = {{ version = \"1.1.0\", percent = {percent} }}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_takes_its_share_of_unpinned_jobs_by_job_id() {
+    let dir = canary_dir(10);
+    let registry = sandbox_with(Caps::default())
+        .load_dir(dir.path())
+        .await
+        .unwrap();
+    assert!(registry.errors().is_empty(), "{:?}", registry.errors());
+    let version = |id: &str, req: Option<&str>| {
+        let req = req.map(|r| semver::VersionReq::parse(r).unwrap());
+        registry
+            .route("versioned", req.as_ref(), id)
+            .unwrap()
+            .version()
+            .to_string()
+    };
+    let canaries = (0..10_000)
+        .filter(|i| version(&format!("job-{i}"), None) == "1.1.0")
+        .count();
+    // 1,000 expected; the binomial sd is 30.
+    assert!((850..=1_150).contains(&canaries), "{canaries} of 10,000");
+    // The same job (a retry) meets the same version.
+    for i in 0..200 {
+        let id = format!("job-{i}");
+        assert_eq!(version(&id, None), version(&id, None));
+    }
+    // A job that names a version gets it, canary or not.
+    assert!((0..100).all(|i| version(&format!("job-{i}"), Some("=1.1.0")) == "1.1.0"));
+    assert!((0..100).all(|i| version(&format!("job-{i}"), Some("~1.0")) == "1.0.0"));
+}
+
+#[test]
+fn canary_split_through_kiln_run() {
+    let dir = canary_dir(25);
+    let work = tempfile::tempdir().unwrap();
+    let jobs = work.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| format!(r#"{{"job_id":"c{i}","plugin":"versioned","input":"x"}}"#))
+        .collect();
+    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--cache")
+        .arg(work.path())
+        .args(["run", "--jobs", jobs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2_000);
+    let canary = replies
+        .iter()
+        .filter(|r| r["plugin_version"] == "1.1.0")
+        .inspect(|r| assert_eq!(r["output"], "1.1.0:x"))
+        .count();
+    // 500 expected; the binomial sd is about 19.
+    assert!((400..=600).contains(&canary), "{canary} of 2,000");
+}

@@ -679,17 +679,17 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     check_samples(
         &text,
         &[
-            ("kiln_jobs_total{plugin=\"uppercase\",outcome=\"ok\"}", 3.0),
+            ("kiln_jobs_total{plugin=\"uppercase\",version=\"1.0.0\",outcome=\"ok\"}", 3.0),
             (
-                "kiln_jobs_total{plugin=\"hostile-panic\",outcome=\"trap\"}",
+                "kiln_jobs_total{plugin=\"hostile-panic\",version=\"1.0.0\",outcome=\"trap\"}",
                 1.0,
             ),
             (
-                "kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"}",
+                "kiln_jobs_total{plugin=\"unknown\",version=\"\",outcome=\"unknown-plugin\"}",
                 1.0,
             ),
             (
-                "kiln_jobs_total{plugin=\"hostile-spin\",outcome=\"timeout\"}",
+                "kiln_jobs_total{plugin=\"hostile-spin\",version=\"1.0.0\",outcome=\"timeout\"}",
                 3.0,
             ),
         ],
@@ -705,34 +705,34 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
             ("kiln_plugins_loaded", 3.0),
             ("kiln_plugin_cache_hits_total", 0.0),
             ("kiln_plugin_cache_misses_total", 3.0),
-            ("kiln_job_duration_seconds_count{plugin=\"uppercase\"}", 3.0),
+            ("kiln_job_duration_seconds_count{plugin=\"uppercase\",version=\"1.0.0\"}", 3.0),
             (
-                "kiln_job_duration_seconds_count{plugin=\"hostile-spin\"}",
+                "kiln_job_duration_seconds_count{plugin=\"hostile-spin\",version=\"1.0.0\"}",
                 3.0,
             ),
-            ("kiln_job_fuel_consumed_count{plugin=\"uppercase\"}", 3.0),
+            ("kiln_job_fuel_consumed_count{plugin=\"uppercase\",version=\"1.0.0\"}", 3.0),
             (
-                "kiln_plugin_instantiation_seconds_count{plugin=\"uppercase\"}",
+                "kiln_plugin_instantiation_seconds_count{plugin=\"uppercase\",version=\"1.0.0\"}",
                 3.0,
             ),
         ],
     );
     assert_eq!(
-        sample(&text, "kiln_job_duration_seconds_count{plugin=\"unknown\"}"),
+        sample(&text, "kiln_job_duration_seconds_count{plugin=\"unknown\",version=\"\"}"),
         None
     );
     // Each of the three spins hit its 50 ms deadline.
     let spin_seconds = sample(
         &text,
-        "kiln_job_duration_seconds_sum{plugin=\"hostile-spin\"}",
+        "kiln_job_duration_seconds_sum{plugin=\"hostile-spin\",version=\"1.0.0\"}",
     )
     .unwrap();
     assert!(spin_seconds >= 0.15, "{spin_seconds}");
-    assert!(sample(&text, "kiln_job_fuel_consumed_sum{plugin=\"uppercase\"}").unwrap() > 0.0);
+    assert!(sample(&text, "kiln_job_fuel_consumed_sum{plugin=\"uppercase\",version=\"1.0.0\"}").unwrap() > 0.0);
     assert_eq!(
         sample(
             &text,
-            "kiln_job_duration_seconds_bucket{le=\"+Inf\",plugin=\"uppercase\"}"
+            "kiln_job_duration_seconds_bucket{le=\"+Inf\",plugin=\"uppercase\",version=\"1.0.0\"}"
         ),
         Some(3.0)
     );

@@ -394,7 +394,7 @@ mod tests {
             load_toml("[pipeline]\nconcurrency = 4\n[sandbox.limits]\nmemory_bytes = 67108864\n")
                 .unwrap();
         let peak = c.peak_job_memory();
-        assert!(peak >= 4 * 64 << 20);
+        assert!(peak >= (4 * 64) << 20);
         assert!(c.warnings(None).is_empty());
         assert!(c.warnings(Some(peak)).is_empty());
         let warnings = c.warnings(Some(peak - 1));

@@ -34,6 +34,7 @@ pub const UNKNOWN_PLUGIN: &str = "unknown";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct JobLabels {
     plugin: Arc<str>,
+    version: Arc<str>,
     outcome: &'static str,
 }
 
@@ -41,6 +42,7 @@ struct JobLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PluginLabels {
     plugin: Arc<str>,
+    version: Arc<str>,
 }
 
 /// Labels of `kiln_build_info`.
@@ -79,7 +81,11 @@ fn fuel_histogram() -> Histogram {
 pub struct JobMetrics {
     /// Interned plugin names: a lookup by `&str`, no allocation per job.
     names: Arc<HashMap<String, Arc<str>>>,
+    /// Interned versions of the loaded plugins (a canary and its stable
+    /// version are told apart by this label).
+    versions: Arc<HashMap<String, Arc<str>>>,
     unknown: Arc<str>,
+    no_version: Arc<str>,
     jobs: Family<JobLabels, Counter>,
     duration: HistogramFamily,
     fuel: HistogramFamily,
@@ -95,9 +101,18 @@ impl JobMetrics {
             .plugins()
             .map(|p| (p.name().to_owned(), Arc::from(p.name())))
             .collect();
+        let versions = plugins
+            .plugins()
+            .map(|p| {
+                let v = p.version().to_string();
+                (v.clone(), Arc::from(v))
+            })
+            .collect();
         Self {
             names: Arc::new(names),
+            versions: Arc::new(versions),
             unknown: Arc::from(UNKNOWN_PLUGIN),
+            no_version: Arc::from(""),
             jobs: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::new_with_constructor(fuel_histogram),
@@ -112,20 +127,38 @@ impl JobMetrics {
         self.names.get(name).unwrap_or(&self.unknown).clone()
     }
 
+    /// The version label: a loaded plugin's version, or empty.
+    fn version_label(&self, version: Option<&str>) -> Arc<str> {
+        version
+            .and_then(|v| self.versions.get(v))
+            .unwrap_or(&self.no_version)
+            .clone()
+    }
+
     /// Counts one handled attempt of a job for `plugin` (as the job named
-    /// it) with its outcome (`None` for success).
-    pub fn job_handled(&self, plugin: &str, error: Option<ErrorKind>) {
+    /// it), the version that served it (if one did), and its outcome
+    /// (`None` for success).
+    pub fn job_handled(&self, plugin: &str, version: Option<&str>, error: Option<ErrorKind>) {
         let labels = JobLabels {
             plugin: self.label(plugin),
+            version: self.version_label(version),
             outcome: error.map_or("ok", ErrorKind::as_str),
         };
         self.jobs.get_or_create(&labels).inc();
     }
 
     /// Records what running a job in a loaded plugin cost.
-    pub fn job_ran(&self, plugin: &str, duration: Duration, fuel: u64, instantiation: Duration) {
+    pub fn job_ran(
+        &self,
+        plugin: &str,
+        version: &str,
+        duration: Duration,
+        fuel: u64,
+        instantiation: Duration,
+    ) {
         let labels = PluginLabels {
             plugin: self.label(plugin),
+            version: self.version_label(Some(version)),
         };
         self.duration
             .get_or_create(&labels)
@@ -334,11 +367,12 @@ mod tests {
         stats.reconnects.fetch_add(3, Relaxed);
         let exposition = Exposition::new(&jobs, Some(stats.clone()), &plugins);
 
-        jobs.job_handled("nope", None);
-        jobs.job_handled("nope", Some(ErrorKind::UnknownPlugin));
-        jobs.job_handled("", Some(ErrorKind::UnknownPlugin));
+        jobs.job_handled("nope", None, None);
+        jobs.job_handled("nope", Some("1.0.0"), Some(ErrorKind::UnknownPlugin));
+        jobs.job_handled("", None, Some(ErrorKind::UnknownPlugin));
         jobs.job_ran(
             "nope",
+            "1.0.0",
             Duration::from_millis(3),
             12_345,
             Duration::from_micros(40),
@@ -348,24 +382,36 @@ mod tests {
         drop(guard);
 
         for (series, want) in [
-            ("kiln_jobs_total{plugin=\"unknown\",outcome=\"ok\"}", 1.0),
             (
-                "kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"}",
-                2.0,
-            ),
-            ("kiln_job_duration_seconds_count{plugin=\"unknown\"}", 1.0),
-            ("kiln_job_duration_seconds_sum{plugin=\"unknown\"}", 0.003),
-            (
-                "kiln_job_duration_seconds_bucket{le=\"0.005\",plugin=\"unknown\"}",
+                "kiln_jobs_total{plugin=\"unknown\",version=\"\",outcome=\"ok\"}",
                 1.0,
             ),
             (
-                "kiln_job_duration_seconds_bucket{le=\"0.0025\",plugin=\"unknown\"}",
+                "kiln_jobs_total{plugin=\"unknown\",version=\"\",outcome=\"unknown-plugin\"}",
+                2.0,
+            ),
+            (
+                "kiln_job_duration_seconds_count{plugin=\"unknown\",version=\"\"}",
+                1.0,
+            ),
+            (
+                "kiln_job_duration_seconds_sum{plugin=\"unknown\",version=\"\"}",
+                0.003,
+            ),
+            (
+                "kiln_job_duration_seconds_bucket{le=\"0.005\",plugin=\"unknown\",version=\"\"}",
+                1.0,
+            ),
+            (
+                "kiln_job_duration_seconds_bucket{le=\"0.0025\",plugin=\"unknown\",version=\"\"}",
                 0.0,
             ),
-            ("kiln_job_fuel_consumed_sum{plugin=\"unknown\"}", 12_345.0),
             (
-                "kiln_plugin_instantiation_seconds_count{plugin=\"unknown\"}",
+                "kiln_job_fuel_consumed_sum{plugin=\"unknown\",version=\"\"}",
+                12_345.0,
+            ),
+            (
+                "kiln_plugin_instantiation_seconds_count{plugin=\"unknown\",version=\"\"}",
                 1.0,
             ),
             ("kiln_jobs_in_flight", 1.0),
@@ -413,7 +459,11 @@ mod tests {
         let jobs = JobMetrics::new(&plugins);
         let exposition = Exposition::new(&jobs, None, &plugins);
         for i in 0..1_000 {
-            jobs.job_handled(&format!("random-{i}"), Some(ErrorKind::UnknownPlugin));
+            jobs.job_handled(
+                &format!("random-{i}"),
+                Some("9.9.9"),
+                Some(ErrorKind::UnknownPlugin),
+            );
         }
         let text = exposition.render();
         let series: Vec<_> = samples(&text)
@@ -422,7 +472,7 @@ mod tests {
             .collect();
         assert_eq!(
             series,
-            ["kiln_jobs_total{plugin=\"unknown\",outcome=\"unknown-plugin\"} 1000"]
+            ["kiln_jobs_total{plugin=\"unknown\",version=\"\",outcome=\"unknown-plugin\"} 1000"]
         );
         // Without broker stats, the broker's counters are simply absent.
         assert!(!text.contains("kiln_retries"));

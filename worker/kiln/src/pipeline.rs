@@ -71,7 +71,10 @@ impl Pipeline {
 
     /// Runs attempt `attempt` of a decoded job.
     pub async fn run(&self, job: &Job, attempt: u32) -> Handled {
-        let plugin = match self.registry.resolve(&job.plugin, job.version.as_ref()) {
+        let plugin = match self
+            .registry
+            .route(&job.plugin, job.version.as_ref(), &job.job_id)
+        {
             Ok(p) => p.clone(),
             Err(e) => {
                 let kind = match e {
@@ -103,6 +106,7 @@ impl Pipeline {
                 if let Some(m) = &self.metrics {
                     m.job_ran(
                         plugin.name(),
+                        &plugin.version().to_string(),
                         run.duration,
                         run.fuel_used,
                         run.instantiation,
@@ -118,6 +122,7 @@ impl Pipeline {
                 if let Some(m) = &self.metrics {
                     m.job_ran(
                         plugin.name(),
+                        &plugin.version().to_string(),
                         run.duration,
                         run.fuel_used,
                         run.instantiation,
@@ -166,7 +171,7 @@ impl Pipeline {
         };
         let disposition = disposition(error.map_or(Ok(()), Err), attempt, &self.policy);
         if let Some(m) = &self.metrics {
-            m.job_handled(&reply.plugin, error);
+            m.job_handled(&reply.plugin, reply.plugin_version.as_deref(), error);
         }
         Handled {
             job_id: reply.job_id.clone(),

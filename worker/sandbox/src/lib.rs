@@ -32,7 +32,7 @@ pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
 pub use engine::EPOCH_TICK;
 pub use error::{JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
-pub use registry::{Registry, ResolveError, wasm_files};
+pub use registry::{Registry, ResolveError, canary_bucket, wasm_files};
 
 use engine::EpochTicker;
 use host::JobState;

@@ -34,6 +34,21 @@ pub struct Manifest {
     /// What the plugin may reach beyond its own memory.
     #[serde(default)]
     pub grants: Grants,
+    /// In the stable version's manifest: send a share of the jobs that name
+    /// no version to another loaded version.
+    pub canary: Option<Canary>,
+}
+
+/// `canary = { version = "1.1.0", percent = 10 }`: `percent` of the jobs
+/// without a version requirement go to `version`, chosen by a stable hash
+/// of the job id, so a retried job meets the same version again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The version under trial; it must be loaded too, or the canary is idle.
+    pub version: semver::Version,
+    /// Share of the jobs without a version requirement, 0 to 100.
+    pub percent: u8,
 }
 
 /// `[limits]`: each key unset keeps the operator's default.
@@ -95,6 +110,8 @@ pub struct Settings {
     pub grants: Grants,
     /// The identity the manifest claims.
     pub identity: (String, semver::Version),
+    /// The canary this (stable) version routes to, if any.
+    pub canary: Option<Canary>,
 }
 
 /// The manifest path for a plugin file: `<stem>.toml` beside `<stem>.wasm`.
@@ -153,6 +170,14 @@ impl Manifest {
                 self.name
             ));
         }
+        if let Some(canary) = &self.canary
+            && (canary.percent > 100 || canary.version == self.version)
+        {
+            return Err(format!(
+                "plugin {}: canary must name another version and a percent from 0 to 100",
+                self.name
+            ));
+        }
         if wanted.max_concurrency == Some(0) {
             return Err(format!(
                 "plugin {}: limits.max_concurrency must be at least 1",
@@ -182,6 +207,7 @@ impl Manifest {
             config: self.config.clone(),
             grants,
             identity: (self.name.clone(), self.version.clone()),
+            canary: self.canary.clone(),
         })
     }
 }
@@ -240,6 +266,30 @@ mod tests {
             assert!(err.contains(needle), "{text:?}: {err}");
         }
         assert!(manifest("name = \"x\"\nversion = \"one\"\n").is_err());
+    }
+
+    #[test]
+    fn canary_parses_and_must_be_sane() {
+        let m = manifest(&format!(
+            "{HEAD}canary = {{ version = \"0.4.0\", percent = 10 }}\n"
+        ))
+        .unwrap();
+        let s = m.resolve(&Limits::default(), &Caps::default()).unwrap();
+        assert_eq!(
+            s.canary,
+            Some(Canary {
+                version: semver::Version::new(0, 4, 0),
+                percent: 10
+            })
+        );
+        for bad in [
+            "canary = { version = \"0.4.0\", percent = 101 }",
+            "canary = { version = \"0.3.1\", percent = 5 }",
+        ] {
+            let m = manifest(&format!("{HEAD}{bad}\n")).unwrap();
+            let err = m.resolve(&Limits::default(), &Caps::default()).unwrap_err();
+            assert!(err.contains("canary"), "{err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::cache::CacheState;
 use crate::config::Limits;
 use crate::error::{JobFailure, LoadError, PluginErrorKind};
 use crate::host::{JobIdentity, JobState, MemoryCapReached};
-use crate::manifest::{Grants, Settings};
+use crate::manifest::{Canary, Grants, Settings};
 
 /// What a caller says about the job it runs.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +78,7 @@ pub struct Plugin {
     /// Turns for this plugin's jobs, when its manifest bounds them.
     turns: Option<Arc<tokio::sync::Semaphore>>,
     description: String,
+    canary: Option<Canary>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -141,6 +142,7 @@ impl Plugin {
             grants: Arc::default(),
             turns: None,
             description: String::new(),
+            canary: None,
         };
 
         // Instantiate once: this type-checks every export and reads the identity.
@@ -222,6 +224,12 @@ impl Plugin {
         &self.description
     }
 
+    /// The canary this version routes a share of its jobs to (from its
+    /// manifest).
+    pub fn canary(&self) -> Option<&Canary> {
+        self.canary.as_ref()
+    }
+
     /// The limits this plugin's jobs run under.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -251,6 +259,7 @@ impl Plugin {
             .max_concurrency
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
         self.description = description;
+        self.canary = manifest.canary;
         Ok(())
     }
 

@@ -38,6 +38,37 @@ pub enum ResolveError {
 }
 
 impl Registry {
+    /// The plugin for a job: with a requirement, the highest version that
+    /// matches it ([`Registry::resolve`]); without one, the stable version,
+    /// unless the job falls in its canary's share. The stable version is the
+    /// highest that declares a canary in its manifest, else the highest.
+    /// The share is decided by [`canary_bucket`] of the job id, so it is the
+    /// same on every worker and every retry.
+    pub fn route(
+        &self,
+        name: &str,
+        requirement: Option<&semver::VersionReq>,
+        job_id: &str,
+    ) -> Result<&Arc<Plugin>, ResolveError> {
+        if requirement.is_some() {
+            return self.resolve(name, requirement);
+        }
+        let versions = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| ResolveError::Unknown {
+                name: name.to_owned(),
+            })?;
+        let Some(stable) = versions.iter().find(|p| p.canary().is_some()) else {
+            return self.resolve(name, None);
+        };
+        let trial = stable.canary().and_then(|canary| {
+            let target = versions.iter().find(|p| *p.version() == canary.version)?;
+            (canary_bucket(job_id) < canary.percent).then_some(target)
+        });
+        Ok(trial.unwrap_or(stable))
+    }
+
     /// Adds a plugin. A second file reporting the same `name@version` is a
     /// load error naming both files; the first one keeps serving.
     pub fn insert(&mut self, plugin: Plugin) {
@@ -124,4 +155,35 @@ pub fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// A job's canary bucket, 0 to 99: FNV-1a of its id, a hash that is stable
+/// across processes, platforms and Rust versions (std's is not).
+pub fn canary_bucket(job_id: &str) -> u8 {
+    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    // Below 100, so it fits.
+    (hash % 100) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_buckets_are_stable_and_spread() {
+        // Fixed values: a change of hash would silently move retried jobs.
+        assert_eq!(canary_bucket(""), (0xcbf2_9ce4_8422_2325_u64 % 100) as u8);
+        assert_eq!(canary_bucket("job-1"), canary_bucket("job-1"));
+        let mut counts = [0u32; 100];
+        for i in 0..100_000 {
+            counts[usize::from(canary_bucket(&format!("job-{i}")))] += 1;
+        }
+        // 1,000 expected per bucket; the sd is about 31.
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }
