@@ -236,7 +236,7 @@ fn warm_cache(plugins: &[(&str, PathBuf)]) -> PathBuf {
     static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     CACHE
         .get_or_init(|| {
-            let cache = kiln_integration_tests::lang_plugins_dir().join("kiln-cache");
+            let cache = repo_root().join("target").join("languages-test-cache");
             std::fs::create_dir_all(&cache).expect("create the cache dir");
             let dir = plugin_dir(plugins);
             let out = kiln()
