@@ -26,9 +26,10 @@ const GITIGNORE: &str = include_str!("../templates/plugin/gitignore.tmpl");
 /// The SDK crate, relative to the root of a Kiln checkout.
 pub const SDK_IN_REPO: &str = "plugins/rust/sdk/kiln-plugin";
 
-/// Kiln's repository, as its `Cargo.toml` declares it: the git source of
-/// the SDK outside a checkout.
-pub const REPOSITORY: &str = env!("CARGO_PKG_REPOSITORY");
+/// Kiln's repository, as the root `Cargo.toml` declares it
+/// (`workspace.package.repository`; a test keeps the two in step): the git
+/// source of the SDK outside a checkout.
+pub const REPOSITORY: &str = "https://example.invalid/kiln";
 
 /// The one command that builds a scaffolded plugin.
 pub const BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2";
@@ -385,6 +386,16 @@ mod tests {
     }
 
     #[test]
+    fn repository_is_the_workspaces() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let root: toml::Table = toml::from_str(&std::fs::read_to_string(root).unwrap()).unwrap();
+        assert_eq!(
+            root["workspace"]["package"]["repository"].as_str(),
+            Some(REPOSITORY)
+        );
+    }
+
+    #[test]
     fn type_names() {
         for (name, expected) in [
             ("rot13", "Rot13"),
@@ -433,6 +444,8 @@ mod tests {
                 );
 
                 let lib = file(&files, "src/lib.rs");
+                // rustfmt's width: the author starts from formatted code.
+                assert!(lib.lines().all(|l| l.len() <= 100), "{lib}");
                 assert!(lib.contains("impl Plugin for MyPlugin {"));
                 let export = if batch {
                     "kiln_plugin::export!(MyPlugin, batch);"
