@@ -679,7 +679,10 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     check_samples(
         &text,
         &[
-            ("kiln_jobs_total{plugin=\"uppercase\",version=\"1.0.0\",outcome=\"ok\"}", 3.0),
+            (
+                "kiln_jobs_total{plugin=\"uppercase\",version=\"1.0.0\",outcome=\"ok\"}",
+                3.0,
+            ),
             (
                 "kiln_jobs_total{plugin=\"hostile-panic\",version=\"1.0.0\",outcome=\"trap\"}",
                 1.0,
@@ -705,12 +708,18 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
             ("kiln_plugins_loaded", 3.0),
             ("kiln_plugin_cache_hits_total", 0.0),
             ("kiln_plugin_cache_misses_total", 3.0),
-            ("kiln_job_duration_seconds_count{plugin=\"uppercase\",version=\"1.0.0\"}", 3.0),
+            (
+                "kiln_job_duration_seconds_count{plugin=\"uppercase\",version=\"1.0.0\"}",
+                3.0,
+            ),
             (
                 "kiln_job_duration_seconds_count{plugin=\"hostile-spin\",version=\"1.0.0\"}",
                 3.0,
             ),
-            ("kiln_job_fuel_consumed_count{plugin=\"uppercase\",version=\"1.0.0\"}", 3.0),
+            (
+                "kiln_job_fuel_consumed_count{plugin=\"uppercase\",version=\"1.0.0\"}",
+                3.0,
+            ),
             (
                 "kiln_plugin_instantiation_seconds_count{plugin=\"uppercase\",version=\"1.0.0\"}",
                 3.0,
@@ -718,7 +727,10 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
         ],
     );
     assert_eq!(
-        sample(&text, "kiln_job_duration_seconds_count{plugin=\"unknown\",version=\"\"}"),
+        sample(
+            &text,
+            "kiln_job_duration_seconds_count{plugin=\"unknown\",version=\"\"}"
+        ),
         None
     );
     // Each of the three spins hit its 50 ms deadline.
@@ -728,7 +740,14 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     )
     .unwrap();
     assert!(spin_seconds >= 0.15, "{spin_seconds}");
-    assert!(sample(&text, "kiln_job_fuel_consumed_sum{plugin=\"uppercase\",version=\"1.0.0\"}").unwrap() > 0.0);
+    assert!(
+        sample(
+            &text,
+            "kiln_job_fuel_consumed_sum{plugin=\"uppercase\",version=\"1.0.0\"}"
+        )
+        .unwrap()
+            > 0.0
+    );
     assert_eq!(
         sample(
             &text,

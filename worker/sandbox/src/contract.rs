@@ -80,6 +80,7 @@ fn check_name(name: &str) -> Result<(), Mismatch> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
