@@ -29,6 +29,8 @@ pub struct KilnConfig {
     pub amqp: AmqpConfig,
     /// The health and metrics endpoints.
     pub http: HttpConfig,
+    /// Hot reload of the plugins directory (`kiln worker` only).
+    pub reload: ReloadConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -79,6 +81,36 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// Hot reload of the plugins directory by `kiln worker` (docs/PLUGINS.md,
+/// "Hot reload"). SIGHUP always rescans, whatever these say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch the directory for changes (inotify on Linux). Cheap and
+    /// immediate, but blind on some network filesystems (NFS, SMB): keep
+    /// `poll_ms` on there. Default: true.
+    pub watch: bool,
+    /// How long a changed file must stay unchanged (size, mtime, inode)
+    /// before it is loaded, in milliseconds, so a file still being copied
+    /// is never loaded half-written. Longer is safer for slow writers and
+    /// delays every reload by as much. Default: 300.
+    pub settle_ms: u64,
+    /// Rescan the directory this often, in milliseconds, whether or not
+    /// the watcher saw anything; `0` turns polling off. A scan reads only
+    /// the directory and file metadata. Default: 2,000.
+    pub poll_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            settle_ms: 300,
+            poll_ms: 2_000,
         }
     }
 }
@@ -285,6 +317,9 @@ impl KilnConfig {
             };
             return invalid(key, "must be an amqp:// or amqps:// URL");
         }
+        if !(1..=60_000).contains(&self.reload.settle_ms) {
+            return invalid("reload.settle_ms", "must be from 1 to 60000");
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return invalid("log.filter", "is not a valid RUST_LOG filter");
         }
@@ -338,6 +373,20 @@ mod tests {
     }
 
     #[test]
+    fn reload_defaults_and_overrides() {
+        assert_eq!(load_toml("").unwrap().reload, ReloadConfig::default());
+        let c = load_toml("[reload]\nwatch = false\nsettle_ms = 50\npoll_ms = 0\n").unwrap();
+        assert_eq!(
+            c.reload,
+            ReloadConfig {
+                watch: false,
+                settle_ms: 50,
+                poll_ms: 0
+            }
+        );
+    }
+
+    #[test]
     fn bad_config_names_the_key() {
         for (text, needle) in [
             ("[pipeline]\nconcurency = 3\n", "concurency"),
@@ -350,6 +399,8 @@ mod tests {
             ("[amqp]\nurl = \"http://u:hunter2@h\"\n", "amqp.url"),
             ("[log]\nformat = \"xml\"\n", "format"),
             ("[log]\nfilter = \"[[[\"\n", "log.filter"),
+            ("[reload]\nsettle_ms = 0\n", "reload.settle_ms"),
+            ("[reload]\nwach = false\n", "wach"),
         ] {
             let err = load_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -1,12 +1,13 @@
 //! Kiln, the worker: its typed config, the pipeline that joins job records
-//! to the sandbox, and the embedded runner. The `kiln` binary is a thin CLI
-//! over this library.
+//! to the sandbox, hot reload of the plugins, and the embedded runner. The
+//! `kiln` binary is a thin CLI over this library.
 
 pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod scaffold;
 pub mod telemetry;
 pub mod worker;

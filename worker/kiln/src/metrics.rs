@@ -3,19 +3,26 @@
 //!
 //! Two kinds of source: [`JobMetrics`], the per-job instruments the
 //! pipeline updates (a few atomic adds and a histogram observation per
-//! job), and values read only at scrape time by a collector: the broker's
-//! [`WorkerStats`] counters and the plugin registry. Label values are
-//! bounded: a plugin label is the name of a loaded plugin or `unknown`, and
-//! an outcome label is `ok` or an error kind of the outcome table.
+//! job) and the reloader updates, and values read only at scrape time by a
+//! collector: the broker's [`WorkerStats`] counters and the plugin registry
+//! serving now. Label values are bounded: a plugin label is the name of a
+//! plugin loaded at some point in the process's life (hot reload adds
+//! names; only the operator's plugin files do) or `unknown`, an outcome
+//! label is `ok` or an error kind of the outcome table, and a reload result
+//! is `loaded`, `removed` or `failed`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use kiln_broker::WorkerStats;
 use kiln_protocol::ErrorKind;
 use kiln_sandbox::Registry as Plugins;
+
+use crate::reload::SharedRegistry;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -43,6 +50,12 @@ struct JobLabels {
 struct PluginLabels {
     plugin: Arc<str>,
     version: Arc<str>,
+}
+
+/// Labels of `kiln_plugin_reloads_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
 }
 
 /// Labels of `kiln_build_info`.
@@ -76,14 +89,19 @@ fn fuel_histogram() -> Histogram {
     ))
 }
 
-/// The per-job instruments. Cheap to clone (every instrument is shared).
+/// Interned label values, by the string they intern.
+type Interned = Arc<ArcSwap<HashMap<String, Arc<str>>>>;
+
+/// The per-job instruments, and the reloader's. Cheap to clone (every
+/// instrument is shared).
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
     /// Interned plugin names: a lookup by `&str`, no allocation per job.
-    names: Arc<HashMap<String, Arc<str>>>,
+    /// Hot reload adds the names of new plugins ([`JobMetrics::learn`]).
+    names: Interned,
     /// Interned versions of the loaded plugins (a canary and its stable
     /// version are told apart by this label).
-    versions: Arc<HashMap<String, Arc<str>>>,
+    versions: Interned,
     unknown: Arc<str>,
     no_version: Arc<str>,
     jobs: Family<JobLabels, Counter>,
@@ -91,26 +109,18 @@ pub struct JobMetrics {
     fuel: HistogramFamily,
     instantiation: HistogramFamily,
     in_flight: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
 }
 
 impl JobMetrics {
     /// Instruments for the plugins in `plugins` (any other name is counted
     /// as [`UNKNOWN_PLUGIN`]).
     pub fn new(plugins: &Plugins) -> Self {
-        let names = plugins
-            .plugins()
-            .map(|p| (p.name().to_owned(), Arc::from(p.name())))
-            .collect();
-        let versions = plugins
-            .plugins()
-            .map(|p| {
-                let v = p.version().to_string();
-                (v.clone(), Arc::from(v))
-            })
-            .collect();
-        Self {
-            names: Arc::new(names),
-            versions: Arc::new(versions),
+        let this = Self {
+            names: Interned::default(),
+            versions: Interned::default(),
             unknown: Arc::from(UNKNOWN_PLUGIN),
             no_version: Arc::from(""),
             jobs: Family::default(),
@@ -118,19 +128,84 @@ impl JobMetrics {
             fuel: Family::new_with_constructor(fuel_histogram),
             instantiation: Family::new_with_constructor(instantiation_histogram),
             in_flight: Gauge::default(),
+            reloads: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+        };
+        this.learn(plugins);
+        for p in plugins.plugins() {
+            this.cache_counter(p.cache_state().is_hit()).inc();
         }
+        this
+    }
+
+    /// Interns the names and versions of the plugins in `plugins` (those
+    /// already known stay: a label never disappears while it may have
+    /// series). Called by the reloader before it swaps a registry in.
+    pub fn learn(&self, plugins: &Plugins) {
+        fn add(interned: &Interned, values: impl Iterator<Item = String>) {
+            let known = interned.load();
+            let new: Vec<String> = values.filter(|v| !known.contains_key(v)).collect();
+            if new.is_empty() {
+                return;
+            }
+            let mut map = HashMap::clone(&known);
+            for value in new {
+                map.insert(value.clone(), Arc::from(value));
+            }
+            // One writer (the reloader): no update is lost.
+            interned.store(Arc::new(map));
+        }
+        add(&self.names, plugins.plugins().map(|p| p.name().to_owned()));
+        add(
+            &self.versions,
+            plugins.plugins().map(|p| p.version().to_string()),
+        );
+    }
+
+    fn cache_counter(&self, hit: bool) -> &Counter {
+        if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        }
+    }
+
+    /// Counts a plugin file (re)loaded by hot reload, and whether the
+    /// component cache had it.
+    pub fn plugin_loaded(&self, cache_hit: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels { result: "loaded" })
+            .inc();
+        self.cache_counter(cache_hit).inc();
+    }
+
+    /// Counts a plugin file removed (its plugin drains).
+    pub fn plugin_removed(&self) {
+        self.reloads
+            .get_or_create(&ReloadLabels { result: "removed" })
+            .inc();
+    }
+
+    /// Counts a changed plugin file that failed to load (the previous
+    /// version, if any, keeps serving).
+    pub fn reload_failed(&self) {
+        self.reloads
+            .get_or_create(&ReloadLabels { result: "failed" })
+            .inc();
     }
 
     /// The label for a plugin name taken from a job: itself if loaded,
     /// [`UNKNOWN_PLUGIN`] otherwise.
     fn label(&self, name: &str) -> Arc<str> {
-        self.names.get(name).unwrap_or(&self.unknown).clone()
+        self.names.load().get(name).unwrap_or(&self.unknown).clone()
     }
 
     /// The version label: a loaded plugin's version, or empty.
     fn version_label(&self, version: Option<&str>) -> Arc<str> {
+        let versions = self.versions.load();
         version
-            .and_then(|v| self.versions.get(v))
+            .and_then(|v| versions.get(v))
             .unwrap_or(&self.no_version)
             .clone()
     }
@@ -190,13 +265,22 @@ impl Drop for InFlight {
     }
 }
 
-/// What is read at scrape time: the broker's counters and the plugins.
+/// What is read at scrape time: the broker's counters and the plugins
+/// serving now.
 #[derive(Debug)]
 struct ScrapeTime {
     stats: Option<Arc<WorkerStats>>,
-    plugins_loaded: u64,
-    cache_hits: u64,
-    cache_misses: u64,
+    plugins: SharedRegistry,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: usize,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 fn counter(
@@ -211,24 +295,18 @@ fn counter(
 
 impl Collector for ScrapeTime {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let gauge = ConstGauge::new(i64::try_from(self.plugins_loaded).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
+        let plugins = self.plugins.load();
+        gauge(
+            &mut encoder,
             "kiln_plugins_loaded",
             "Plugins loaded and serving jobs.",
-            None,
-            gauge.metric_type(),
-        )?)?;
-        counter(
-            &mut encoder,
-            "kiln_plugin_cache_hits",
-            "Plugins loaded from the component cache (baked or writable tier) without compiling.",
-            self.cache_hits,
+            plugins.len(),
         )?;
-        counter(
+        gauge(
             &mut encoder,
-            "kiln_plugin_cache_misses",
-            "Plugins that had to be compiled at load.",
-            self.cache_misses,
+            "kiln_plugin_load_errors",
+            "Plugin files in the plugins directory that failed to load and serve nothing new (a previous version may still serve).",
+            plugins.errors().len(),
         )?;
         let Some(stats) = &self.stats else {
             return Ok(());
@@ -274,8 +352,12 @@ pub struct Exposition {
 
 impl Exposition {
     /// A registry over `jobs`, the broker's `stats` (absent outside the
-    /// broker worker) and the loaded `plugins`.
-    pub fn new(jobs: &JobMetrics, stats: Option<Arc<WorkerStats>>, plugins: &Plugins) -> Self {
+    /// broker worker) and the registry serving now, `plugins`.
+    pub fn new(
+        jobs: &JobMetrics,
+        stats: Option<Arc<WorkerStats>>,
+        plugins: SharedRegistry,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register(
             "kiln_jobs",
@@ -317,19 +399,22 @@ impl Exposition {
             "Always 1; the labels describe the build.",
             build,
         );
-        let (hits, misses) = plugins.plugins().fold((0, 0), |(h, m), p| {
-            if p.cache_state().is_hit() {
-                (h + 1, m)
-            } else {
-                (h, m + 1)
-            }
-        });
-        registry.register_collector(Box::new(ScrapeTime {
-            stats,
-            plugins_loaded: hits + misses,
-            cache_hits: hits,
-            cache_misses: misses,
-        }));
+        registry.register(
+            "kiln_plugin_cache_hits",
+            "Plugins loaded from the component cache (baked or writable tier) without compiling, at start and by hot reload.",
+            jobs.cache_hits.clone(),
+        );
+        registry.register(
+            "kiln_plugin_cache_misses",
+            "Plugins that had to be compiled at load, at start and by hot reload.",
+            jobs.cache_misses.clone(),
+        );
+        registry.register(
+            "kiln_plugin_reloads",
+            "Plugin files handled by hot reload, by result: `loaded` (swapped in), `removed` (drains), `failed` (the previous version keeps serving).",
+            jobs.reloads.clone(),
+        );
+        registry.register_collector(Box::new(ScrapeTime { stats, plugins }));
         Self { registry }
     }
 
@@ -346,6 +431,10 @@ impl Exposition {
 mod tests {
     use super::*;
 
+    fn shared(plugins: Plugins) -> SharedRegistry {
+        Arc::new(ArcSwap::from_pointee(plugins))
+    }
+
     /// The sample lines of `text` (no comments), as `name{labels} value`.
     fn samples(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()
@@ -359,13 +448,17 @@ mod tests {
 
     #[test]
     fn renders_names_types_and_values() {
-        let plugins = Plugins::default();
-        let jobs = JobMetrics::new(&plugins);
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
         let stats = Arc::new(WorkerStats::default());
         stats.retried.fetch_add(2, Relaxed);
         stats.dead_lettered.fetch_add(1, Relaxed);
         stats.reconnects.fetch_add(3, Relaxed);
-        let exposition = Exposition::new(&jobs, Some(stats.clone()), &plugins);
+        let exposition = Exposition::new(&jobs, Some(stats.clone()), plugins);
+        jobs.plugin_loaded(true);
+        jobs.plugin_loaded(false);
+        jobs.plugin_loaded(false);
+        jobs.reload_failed();
 
         jobs.job_handled("nope", None, None);
         jobs.job_handled("nope", Some("1.0.0"), Some(ErrorKind::UnknownPlugin));
@@ -419,8 +512,11 @@ mod tests {
             ("kiln_dead_lettered_total", 1.0),
             ("kiln_amqp_reconnects_total", 3.0),
             ("kiln_plugins_loaded", 0.0),
-            ("kiln_plugin_cache_hits_total", 0.0),
-            ("kiln_plugin_cache_misses_total", 0.0),
+            ("kiln_plugin_load_errors", 0.0),
+            ("kiln_plugin_cache_hits_total", 1.0),
+            ("kiln_plugin_cache_misses_total", 2.0),
+            ("kiln_plugin_reloads_total{result=\"loaded\"}", 3.0),
+            ("kiln_plugin_reloads_total{result=\"failed\"}", 1.0),
         ] {
             assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
         }
@@ -436,6 +532,8 @@ mod tests {
             ("kiln_plugins_loaded", "gauge"),
             ("kiln_plugin_cache_hits", "counter"),
             ("kiln_plugin_cache_misses", "counter"),
+            ("kiln_plugin_reloads", "counter"),
+            ("kiln_plugin_load_errors", "gauge"),
             ("kiln_build_info", "gauge"),
         ] {
             let line = format!("# TYPE {family} {kind}");
@@ -455,9 +553,9 @@ mod tests {
 
     #[test]
     fn unknown_plugin_names_share_one_series() {
-        let plugins = Plugins::default();
-        let jobs = JobMetrics::new(&plugins);
-        let exposition = Exposition::new(&jobs, None, &plugins);
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let exposition = Exposition::new(&jobs, None, plugins);
         for i in 0..1_000 {
             jobs.job_handled(
                 &format!("random-{i}"),

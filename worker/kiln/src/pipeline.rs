@@ -5,9 +5,14 @@
 //! applies the outcome table to say what should happen next. Both the
 //! embedded runner (`kiln run --jobs`) and the broker consumer drive jobs
 //! through [`Pipeline::handle`], so they cannot disagree on an outcome.
+//!
+//! The plugins are read through a [`SharedRegistry`] handle that hot reload
+//! ([`crate::reload`]) may swap: each job loads it once, takes the
+//! `Arc<Plugin>` it routes to, and runs on that version to the end.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use kiln_protocol::{
     DecodeLimits, Envelope, ErrorKind, Handled, ItemOk, Job, JobError, Payload, Reply, ReplyBody,
     RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
@@ -15,11 +20,12 @@ use kiln_protocol::{
 use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
 
 use crate::metrics::JobMetrics;
+use crate::reload::SharedRegistry;
 
-/// Decodes, runs and answers jobs against a fixed set of plugins.
+/// Decodes, runs and answers jobs against the plugins of a registry.
 #[derive(Debug)]
 pub struct Pipeline {
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     decode: DecodeLimits,
     policy: RetryPolicy,
     max_reply_bytes: usize,
@@ -27,7 +33,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline over `registry`.
+    /// A pipeline over `registry` (see [`Pipeline::shared_registry`] to
+    /// swap it later).
     pub fn new(
         registry: Arc<Registry>,
         decode: DecodeLimits,
@@ -35,7 +42,7 @@ impl Pipeline {
         max_reply_bytes: usize,
     ) -> Self {
         Self {
-            registry,
+            registry: Arc::new(ArcSwap::new(registry)),
             decode,
             policy,
             max_reply_bytes,
@@ -50,8 +57,14 @@ impl Pipeline {
         self
     }
 
-    /// The plugins this pipeline serves.
-    pub fn registry(&self) -> &Registry {
+    /// The plugins this pipeline serves now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// The handle jobs read the registry through; storing a registry in it
+    /// serves every job that starts afterwards.
+    pub fn shared_registry(&self) -> &SharedRegistry {
         &self.registry
     }
 
@@ -71,11 +84,15 @@ impl Pipeline {
 
     /// Runs attempt `attempt` of a decoded job.
     pub async fn run(&self, job: &Job, attempt: u32) -> Handled {
-        let plugin = match self
+        // One load per job; the guard is gone before the job runs, and the
+        // job keeps the version it got even if a reload swaps the registry.
+        let routed = self
             .registry
+            .load()
             .route(&job.plugin, job.version.as_ref(), &job.job_id)
-        {
-            Ok(p) => p.clone(),
+            .cloned();
+        let plugin = match routed {
+            Ok(p) => p,
             Err(e) => {
                 let kind = match e {
                     ResolveError::Unknown { .. } => ErrorKind::UnknownPlugin,

@@ -1,17 +1,18 @@
 //! `kiln worker`: the broker consumer of `kiln-broker` driving the
-//! pipeline, the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`), and
-//! signal handling.
+//! pipeline, hot reload of its plugins ([`crate::reload`]), the HTTP
+//! endpoints (`/healthz`, `/readyz`, `/metrics`), and signal handling.
 
 use std::sync::Arc;
 
 use kiln_broker::{JobHandler, Topology, TraceHeaders, Worker};
 use kiln_protocol::{Envelope, Handled};
-use kiln_sandbox::Registry;
+use kiln_sandbox::{Registry, Sandbox};
 use tokio::sync::watch;
 
 use crate::config::KilnConfig;
 use crate::metrics::{Exposition, JobMetrics};
 use crate::pipeline::Pipeline;
+use crate::reload::{Reloader, SandboxSource, SharedRegistry};
 
 impl JobHandler for Pipeline {
     async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
@@ -21,25 +22,41 @@ impl JobHandler for Pipeline {
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
 /// then drains and returns. `trace` carries trace context through the AMQP
-/// headers (see [`crate::telemetry`]).
+/// headers (see [`crate::telemetry`]). Hot reload builds a sandbox of its
+/// own the first time a changed file needs loading; prefer
+/// [`run_with_sandbox`] with the sandbox `registry` was loaded with.
 pub async fn run(
     config: &KilnConfig,
     registry: Arc<Registry>,
     trace: Arc<dyn TraceHeaders>,
 ) -> anyhow::Result<()> {
+    run_with_sandbox(config, None, registry, trace).await
+}
+
+/// [`run`], with hot reload loading changed plugins into `sandbox` (the
+/// one `registry` was loaded with: one engine, one pool, one ticker).
+pub async fn run_with_sandbox(
+    config: &KilnConfig,
+    sandbox: Option<Arc<Sandbox>>,
+    registry: Arc<Registry>,
+    trace: Arc<dyn TraceHeaders>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let jobs = JobMetrics::new(&registry);
-    let plugins_loaded = !registry.is_empty();
-    if !plugins_loaded {
-        tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready");
+    if registry.is_empty() {
+        tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready until one is");
     }
-    let pipeline =
-        Arc::new(crate::pipeline_for(config, registry.clone()).with_metrics(jobs.clone()));
+    let pipeline = Arc::new(crate::pipeline_for(config, registry).with_metrics(jobs.clone()));
+    let plugins = pipeline.shared_registry().clone();
     let topology = Topology::new(&config.amqp, pipeline.policy());
     let concurrency = config.pipeline.effective_concurrency();
     let worker =
         Worker::new(config.amqp.clone(), topology, pipeline, concurrency).with_trace_headers(trace);
-    let exposition = Arc::new(Exposition::new(&jobs, Some(worker.stats()), &registry));
+    let exposition = Arc::new(Exposition::new(
+        &jobs,
+        Some(worker.stats()),
+        plugins.clone(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -47,9 +64,21 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "health and metrics endpoints listening");
+    let source = match sandbox {
+        Some(sandbox) => SandboxSource::Shared(sandbox),
+        None => SandboxSource::Lazy(Box::new(config.sandbox.clone())),
+    };
+    let reloader = Reloader::new(
+        &config.plugins_dir.0,
+        config.reload.clone(),
+        source,
+        plugins.clone(),
+    )
+    .with_metrics(jobs.clone())
+    .spawn(stop_rx.clone());
     let probes = Probes {
         consuming: worker.readiness(),
-        plugins_loaded,
+        plugins,
         metrics: exposition,
     };
     // The endpoints outlive the drain: `/readyz` says 503 while draining,
@@ -68,6 +97,7 @@ pub async fn run(
         tracing::warn!(%warning, "config does not fit the container");
     }
     worker.run(stop_rx).await;
+    reloader.abort();
     let _ = done_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(1), http)
         .await
@@ -83,14 +113,14 @@ pub async fn run(
 struct Probes {
     /// Connected to the broker and consuming, not draining.
     consuming: watch::Receiver<bool>,
-    /// At least one plugin loaded.
-    plugins_loaded: bool,
+    /// The plugins serving now (ready only with at least one).
+    plugins: SharedRegistry,
     metrics: Arc<Exposition>,
 }
 
 /// `/healthz`: the process and its async runtime answer (the handler runs
 /// on the runtime the jobs use). `/readyz`: connected to the broker,
-/// consuming, not draining, and plugins loaded (503 otherwise, with the
+/// consuming, not draining, and a plugin loaded now (503 otherwise, with the
 /// reason). `/metrics`: the OpenMetrics text of [`Exposition`].
 async fn serve_http(
     listener: tokio::net::TcpListener,
@@ -101,7 +131,7 @@ async fn serve_http(
     use axum::routing::get;
     let Probes {
         consuming,
-        plugins_loaded,
+        plugins,
         metrics,
     } = probes;
     let app = axum::Router::new()
@@ -110,6 +140,7 @@ async fn serve_http(
             "/readyz",
             get(move || {
                 let consuming = *consuming.borrow();
+                let plugins_loaded = !plugins.load().is_empty();
                 async move {
                     match (plugins_loaded, consuming) {
                         (true, true) => (StatusCode::OK, "ready"),

@@ -69,9 +69,32 @@ impl Registry {
         Ok(trial.unwrap_or(stable))
     }
 
+    /// A registry of plugins that are already loaded (and may be serving in
+    /// another registry), with the files that failed: how hot reload builds
+    /// the next registry without recompiling the plugins that did not change.
+    /// Plugins are inserted in order, so on a duplicate `name@version` the
+    /// earlier one keeps serving.
+    pub fn from_parts(
+        plugins: impl IntoIterator<Item = Arc<Plugin>>,
+        errors: impl IntoIterator<Item = LoadError>,
+    ) -> Self {
+        let mut registry = Self::default();
+        for plugin in plugins {
+            registry.insert_shared(plugin);
+        }
+        registry.errors.extend(errors);
+        registry
+    }
+
     /// Adds a plugin. A second file reporting the same `name@version` is a
     /// load error naming both files; the first one keeps serving.
     pub fn insert(&mut self, plugin: Plugin) {
+        self.insert_shared(Arc::new(plugin));
+    }
+
+    /// [`Registry::insert`] for a plugin that may be shared with another
+    /// registry.
+    pub fn insert_shared(&mut self, plugin: Arc<Plugin>) {
         let versions = self.plugins.entry(plugin.name().to_owned()).or_default();
         if let Some(existing) = versions.iter().find(|p| p.version() == plugin.version()) {
             self.errors.push(LoadError::Identity {
@@ -85,7 +108,7 @@ impl Registry {
             });
             return;
         }
-        versions.push(Arc::new(plugin));
+        versions.push(plugin);
         versions.sort_by(|a, b| b.version().cmp(a.version()));
     }
 
