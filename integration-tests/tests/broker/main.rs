@@ -347,6 +347,42 @@ async fn sigterm_while_busy_finishes_in_flight_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_draining_worker_is_live_but_not_ready() {
+    let q = unique("drain");
+    let worker = WorkerProc::spawn(
+        &q,
+        &[
+            ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "3000"),
+            ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
+        .await;
+    // Let the spinner start, then stop the worker while it runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = std::time::Instant::now();
+    worker.sigterm();
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(2)).await,
+        "/readyz stayed 200 while draining"
+    );
+    assert!(worker.live(), "/healthz must stay 200 while draining");
+    let status = worker.stop().await;
+    assert_eq!(status.code(), Some(0));
+    // It waited for the in-flight job (its 3 s deadline), not the 30 s
+    // shutdown timeout.
+    let waited = stopped_at.elapsed();
+    assert!(
+        waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    broker.delete_all(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connection_closed_by_the_broker_reconnects_and_loses_nothing() {
     let q = unique("closeconn");
     let broker = Broker::connect().await;

@@ -113,12 +113,21 @@ impl WorkerProc {
 
     /// `/readyz` is 200.
     pub fn ready(&self) -> bool {
+        self.answers_200("/readyz")
+    }
+
+    /// `/healthz` is 200.
+    pub fn live(&self) -> bool {
+        self.answers_200("/healthz")
+    }
+
+    fn answers_200(&self, path: &str) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .is_err()
         {
             return false;
@@ -146,10 +155,15 @@ impl WorkerProc {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits (at most 60 s) for the exit status.
-    pub async fn stop(mut self) -> ExitStatus {
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// SIGTERM, then waits (at most 60 s) for the exit status.
+    pub async fn stop(mut self) -> ExitStatus {
+        self.sigterm();
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
