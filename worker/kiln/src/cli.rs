@@ -495,11 +495,12 @@ async fn worker(
         config.amqp.connection_name = args.connection_name;
     }
     config.validate()?;
-    let (_sandbox, registry) = crate::load(&config).await?;
+    let (sandbox, registry) = crate::load(&config).await?;
     for error in registry.errors() {
         tracing::error!(%error, "plugin not loaded");
     }
-    crate::worker::run(&config, registry, trace).await?;
+    // Hot reload loads into the same sandbox: one engine, pool and ticker.
+    crate::worker::run_with_sandbox(&config, Some(Arc::new(sandbox)), registry, trace).await?;
     Ok(ExitCode::SUCCESS)
 }
 
