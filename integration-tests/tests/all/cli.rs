@@ -12,7 +12,8 @@ fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln-under-test")
 }
 
-fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
+/// Runs the CLI with `--plugins` and `--cache` set (shared with `sdk.rs`).
+pub(crate) fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
     Command::new(kiln_bin())
         .arg("--plugins")
         .arg(plugins)
@@ -24,7 +25,8 @@ fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout_json(out: &Output) -> Value {
+/// The command's stdout as JSON, or a panic showing both streams.
+pub(crate) fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: stdout {:?}, stderr {:?}",

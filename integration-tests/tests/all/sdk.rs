@@ -8,32 +8,12 @@
 //! lockfile, so the SDK's dependencies are already compiled.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use kiln::scaffold::BUILD_COMMAND;
 use serde_json::Value;
 
-fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--cache")
-        .arg(cache)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?}, stderr {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use crate::cli::{kiln, stdout_json};
 
 /// The plugins workspace's target directory.
 fn plugins_target() -> PathBuf {
