@@ -2,7 +2,7 @@
 //! built plugins are, and sandboxes with test limits.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kiln_sandbox::{CacheConfig, JobContext, Limits, Plugin, Sandbox, SandboxConfig};
 
@@ -108,4 +108,31 @@ pub fn job_text(bytes: usize) -> String {
         .cycle()
         .take(bytes)
         .collect()
+}
+
+/// Formatted log output collected in memory: a `tracing-subscriber` writer
+/// (`.with_writer(move || captured.clone())`) for tests that check what the
+/// host logged.
+#[derive(Debug, Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far, lossily decoded.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

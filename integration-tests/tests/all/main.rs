@@ -5,6 +5,7 @@
 
 mod cache;
 mod cli;
+mod denials;
 mod embedded;
 mod examples;
 mod loading;

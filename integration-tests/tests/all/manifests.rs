@@ -60,7 +60,7 @@ async fn grants_open_exactly_the_listed_directory_and_variables() {
     // Only the granted variable: the host's environment is not passed on.
     assert_eq!(report["env_count"], 1, "{report}");
     // No network grant exists.
-    for denied in ["tcp", "dns"] {
+    for denied in ["tcp", "udp", "dns"] {
         assert!(
             report[denied].as_str().unwrap().starts_with("error"),
             "{report}"

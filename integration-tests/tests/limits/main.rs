@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_integration_tests::{ctx, load, sandbox};
+use kiln_integration_tests::{Captured, ctx, load, sandbox};
 use kiln_sandbox::{JobFailure, Limits, Plugin, Sandbox};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -241,20 +241,6 @@ async fn input_over_the_limit_is_refused_before_running() {
     assert_eq!(run.fuel_used, 0);
 }
 
-/// Collects formatted log output in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // A current-thread runtime, so the thread-local log capture sees the job.
 #[tokio::test(flavor = "current_thread")]
 async fn log_flood_is_bounded_and_the_job_succeeds() {
@@ -286,7 +272,7 @@ async fn log_flood_is_bounded_and_the_job_succeeds() {
         started.elapsed()
     );
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let plugin_lines = text.lines().filter(|l| l.contains("kiln::plugin")).count();
     let markers = text
         .lines()
@@ -312,7 +298,7 @@ async fn snooping_finds_nothing() {
     let snoop = load(&sandbox, "hostile-snoop").await;
     let run = snoop.process(&ctx("snoop", &[]), "x").await;
     let report: serde_json::Value = serde_json::from_str(&run.result.unwrap().output).unwrap();
-    for attempt in ["file", "home", "tcp", "dns"] {
+    for attempt in ["file", "home", "tcp", "udp", "dns"] {
         let outcome = report[attempt].as_str().unwrap_or_default();
         assert!(
             outcome.starts_with("error"),

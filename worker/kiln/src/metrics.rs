@@ -8,8 +8,9 @@
 //! serving now. Label values are bounded: a plugin label is the name of a
 //! plugin loaded at some point in the process's life (hot reload adds
 //! names; only the operator's plugin files do) or `unknown`, an outcome
-//! label is `ok` or an error kind of the outcome table, and a reload result
-//! is `loaded`, `removed` or `failed`.
+//! label is `ok` or an error kind of the outcome table, a capability label
+//! is one of [`kiln_sandbox::Capability::ALL`], and a reload result is `loaded`,
+//! `removed` or `failed`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use arc_swap::ArcSwap;
 
 use kiln_broker::WorkerStats;
 use kiln_protocol::ErrorKind;
-use kiln_sandbox::Registry as Plugins;
+use kiln_sandbox::{Denials, Registry as Plugins};
 
 use crate::reload::SharedRegistry;
 use prometheus_client::collector::Collector;
@@ -50,6 +51,13 @@ struct JobLabels {
 struct PluginLabels {
     plugin: Arc<str>,
     version: Arc<str>,
+}
+
+/// Labels of `kiln_capability_denials_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DenialLabels {
+    plugin: Arc<str>,
+    capability: &'static str,
 }
 
 /// Labels of `kiln_plugin_reloads_total`.
@@ -109,6 +117,7 @@ pub struct JobMetrics {
     fuel: HistogramFamily,
     instantiation: HistogramFamily,
     in_flight: Gauge,
+    denials: Family<DenialLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -128,6 +137,7 @@ impl JobMetrics {
             fuel: Family::new_with_constructor(fuel_histogram),
             instantiation: Family::new_with_constructor(instantiation_histogram),
             in_flight: Gauge::default(),
+            denials: Family::default(),
             reloads: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -245,6 +255,23 @@ impl JobMetrics {
             self.instantiation
                 .get_or_create(&labels)
                 .observe(instantiation.as_secs_f64());
+        }
+    }
+
+    /// Counts the capabilities a run of a loaded plugin was refused (the
+    /// ones the host sees: [`kiln_sandbox::Capability`]).
+    pub fn capabilities_denied(&self, plugin: &str, denials: &Denials) {
+        if denials.is_empty() {
+            return;
+        }
+        let plugin = self.label(plugin);
+        for (capability, n) in denials.counts() {
+            self.denials
+                .get_or_create(&DenialLabels {
+                    plugin: plugin.clone(),
+                    capability: capability.as_str(),
+                })
+                .inc_by(n);
         }
     }
 
@@ -380,6 +407,11 @@ impl Exposition {
             "Time to create a job's store and instantiate its plugin.",
             Unit::Seconds,
             jobs.instantiation.clone(),
+        );
+        registry.register(
+            "kiln_capability_denials",
+            "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted.",
+            jobs.denials.clone(),
         );
         registry.register(
             "kiln_jobs_in_flight",
@@ -548,6 +580,44 @@ mod tests {
         assert_eq!(
             value(&exposition.render(), "kiln_jobs_in_flight"),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn capability_denials_count_per_plugin_and_capability() {
+        use kiln_sandbox::{Capability, Denial};
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let exposition = Exposition::new(&jobs, None, plugins);
+        let mut denials = Denials::default();
+        // More than the audit keeps: every one is counted.
+        for _ in 0..100 {
+            denials.record(Denial::new(Capability::Dns, "localhost"));
+        }
+        denials.record(Denial::new(Capability::Tcp, "ipv4"));
+        jobs.capabilities_denied("snoop", &denials);
+        jobs.capabilities_denied("snoop", &denials);
+        // A run without denials creates no series.
+        jobs.capabilities_denied("quiet", &Denials::default());
+        let text = exposition.render();
+        let mut series: Vec<_> = samples(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("kiln_capability_denials_total"))
+            .collect();
+        series.sort_unstable();
+        // Not a loaded plugin here, so `unknown`: the labels stay bounded.
+        assert_eq!(
+            series,
+            [
+                "kiln_capability_denials_total{plugin=\"unknown\",capability=\"dns\"} 200",
+                "kiln_capability_denials_total{plugin=\"unknown\",capability=\"tcp\"} 2",
+            ],
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "# TYPE kiln_capability_denials counter"),
+            "{text}"
         );
     }
 

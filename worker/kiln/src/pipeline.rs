@@ -117,35 +117,25 @@ impl Pipeline {
             config: Arc::new(job.config.clone()),
             timeout_ms: job.timeout_ms,
         };
-        let body = match &job.payload {
+        let version = plugin.version().to_string();
+        let (body, duration, fuel_used, instantiation, denials) = match &job.payload {
             Payload::Single(input) => {
                 let run = plugin.process(&ctx, input).await;
-                if let Some(m) = &self.metrics {
-                    m.job_ran(
-                        plugin.name(),
-                        &plugin.version().to_string(),
-                        run.duration,
-                        run.fuel_used,
-                        run.instantiation,
-                    );
-                }
-                match run.result {
+                let body = match run.result {
                     Ok(out) => ReplyBody::Ok(success(out, run.duration, run.fuel_used)),
                     Err(f) => ReplyBody::Error(job_error(f)),
-                }
+                };
+                (
+                    body,
+                    run.duration,
+                    run.fuel_used,
+                    run.instantiation,
+                    run.denials,
+                )
             }
             Payload::Batch(inputs) => {
                 let run = plugin.process_batch(&ctx, inputs).await;
-                if let Some(m) = &self.metrics {
-                    m.job_ran(
-                        plugin.name(),
-                        &plugin.version().to_string(),
-                        run.duration,
-                        run.fuel_used,
-                        run.instantiation,
-                    );
-                }
-                match run.result {
+                let body = match run.result {
                     Ok(results) => ReplyBody::Batch {
                         results: results
                             .into_iter()
@@ -155,13 +145,24 @@ impl Pipeline {
                         fuel_used: run.fuel_used,
                     },
                     Err(f) => ReplyBody::Error(job_error(f)),
-                }
+                };
+                (
+                    body,
+                    run.duration,
+                    run.fuel_used,
+                    run.instantiation,
+                    run.denials,
+                )
             }
         };
+        if let Some(m) = &self.metrics {
+            m.job_ran(plugin.name(), &version, duration, fuel_used, instantiation);
+            m.capabilities_denied(plugin.name(), &denials);
+        }
         let reply = Reply {
             job_id: job.job_id.clone(),
             plugin: plugin.name().to_owned(),
-            plugin_version: Some(plugin.version().to_string()),
+            plugin_version: Some(version),
             body,
         };
         self.finish(reply, attempt)

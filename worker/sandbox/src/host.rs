@@ -1,6 +1,7 @@
 //! What one job's `Store` holds, and the host side of the contract:
-//! `host-api` (log, get-config), a deny-by-default WASI context, and the
-//! memory limiter that caps the instance's total linear memory.
+//! `host-api` (log, get-config), a deny-by-default WASI context, the audit
+//! trail of the capability denials the host sees, and the memory limiter
+//! that caps the instance's total linear memory.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,12 +9,15 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::audit::{Audit, Denials};
 use crate::bindings::kiln::plugin::host_api::{self, LogLevel};
 use crate::bindings::kiln::plugin::types;
 use crate::config::Limits;
 use crate::manifest::Grants;
+use crate::network::NetworkGate;
 use crate::stdio::GuestOutput;
 
 /// The per-job state inside a fresh `Store`. Nothing in it outlives the job.
@@ -30,12 +34,15 @@ pub(crate) struct JobState {
     job_config: Arc<BTreeMap<String, String>>,
     plugin_config: Arc<BTreeMap<String, String>>,
     log: LogBudget,
+    audit: Audit,
 }
 
 /// Who a store runs for, and with which config.
 #[derive(Debug, Clone)]
 pub(crate) struct JobIdentity {
     pub(crate) plugin: Arc<str>,
+    /// The plugin's version; empty while its identity is read at load.
+    pub(crate) plugin_version: Arc<str>,
     pub(crate) job_id: Arc<str>,
     pub(crate) job_config: Arc<BTreeMap<String, String>>,
     pub(crate) plugin_config: Arc<BTreeMap<String, String>>,
@@ -50,8 +57,10 @@ impl JobState {
         // Deny by default, each grant a reviewable line: stdin is closed, no
         // env, no args, no preopened directories. Sockets are linked so that
         // components importing them still load, but TCP, UDP and name
-        // lookups are off and every address is refused. Clocks and random
-        // are the builder's defaults (allowed).
+        // lookups are off and every address is refused; the calls that
+        // would create a socket or resolve a name never get here anyway:
+        // Kiln's own functions refuse and audit them (`network.rs`). Clocks
+        // and random are the builder's defaults (allowed).
         let mut builder = WasiCtxBuilder::new();
         builder
             .stdout(stdout.clone())
@@ -73,6 +82,7 @@ impl JobState {
             }
         }
         let wasi = builder.build();
+        let audit = Audit::new(who.plugin.clone(), who.plugin_version, who.job_id.clone());
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -85,6 +95,24 @@ impl JobState {
             job_config: who.job_config,
             plugin_config: who.plugin_config,
             log: LogBudget::new(limits.max_log_lines, limits.max_log_bytes),
+            audit,
+        }
+    }
+
+    /// The capability denials recorded so far, leaving none (see
+    /// [`Audit::take`]).
+    pub(crate) fn take_denials(&mut self) -> Denials {
+        self.audit.take()
+    }
+
+    /// What Kiln's `wasi:sockets` functions work on.
+    pub(crate) fn network_gate(&mut self) -> NetworkGate<'_> {
+        NetworkGate {
+            audit: &mut self.audit,
+            sockets: WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
         }
     }
 

@@ -7,8 +7,10 @@
 //!
 //! It knows nothing about brokers, job records or the outcome table: callers
 //! hand it a plugin name, an input and a [`JobContext`], and get back a
-//! [`Run`] with a typed [`JobFailure`] on error.
+//! [`Run`] with a typed [`JobFailure`] on error, and the [`Denials`] of the
+//! capabilities the plugin reached for and was refused.
 
+mod audit;
 mod bindings;
 mod cache;
 mod config;
@@ -17,6 +19,7 @@ mod engine;
 mod error;
 mod host;
 pub mod manifest;
+mod network;
 mod plugin;
 mod registry;
 mod stdio;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
+pub use audit::{Capability, Denial, Denials, MAX_AUDITED};
 pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
 pub use engine::EPOCH_TICK;
@@ -72,6 +76,7 @@ impl Sandbox {
         let engine = engine::build_engine(&config)?;
         let mut linker = Linker::<JobState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| network::shadow_sockets(&mut linker))
             .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
         bindings::BatchTextPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Link(format!("{e:#}")))?;

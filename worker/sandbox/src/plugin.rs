@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Func, Instance, InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
+use crate::audit::Denials;
 use crate::bindings::exports::kiln::plugin::{batch, plugin};
 use crate::bindings::kiln::plugin::types::{ErrorKind, ProcessError, ProcessResult};
 use crate::cache::CacheState;
@@ -54,6 +55,10 @@ pub struct Run<T> {
     /// (store creation and instantiation; part of `duration`), summed over
     /// every instance the job used; zero if none was created.
     pub instantiation: Duration,
+    /// The capabilities the plugin reached for and was refused, as the host
+    /// saw them (socket creation, name lookups), over every instance the
+    /// job used. Each was also logged under `kiln::audit`, within a budget.
+    pub denials: Denials,
 }
 
 /// The result of a single-input job.
@@ -65,6 +70,8 @@ pub type BatchRun = Run<Result<Vec<Result<Output, JobFailure>>, JobFailure>>;
 pub struct Plugin {
     name: String,
     version: semver::Version,
+    /// `version` as text, for the audit lines of every job.
+    version_label: Arc<str>,
     path: PathBuf,
     wasm_bytes: u64,
     cache_state: CacheState,
@@ -130,6 +137,7 @@ impl Plugin {
         let mut this = Self {
             name: String::new(),
             version: semver::Version::new(0, 0, 0),
+            version_label: Arc::from(""),
             path: p.path.to_path_buf(),
             wasm_bytes: p.wasm_bytes,
             cache_state: p.cache_state,
@@ -189,6 +197,7 @@ impl Plugin {
         }
         this.version = semver::Version::parse(&version)
             .map_err(|e| identity(format!("get-version returned {version:?}, not semver: {e}")))?;
+        this.version_label = Arc::from(this.version.to_string());
         this.plugin_config = Arc::new(p.plugin_configs.get(&name).cloned().unwrap_or_default());
         this.name = name;
         Ok(this)
@@ -282,6 +291,7 @@ impl Plugin {
         let deadline = self.limits.deadline_for(ctx.timeout_ms);
         let who = JobIdentity {
             plugin: Arc::from(self.name.as_str()),
+            plugin_version: self.version_label.clone(),
             job_id: ctx.job_id.clone(),
             job_config: ctx.config.clone(),
             plugin_config: self.plugin_config.clone(),
@@ -331,6 +341,7 @@ impl Plugin {
                 duration: started.elapsed(),
                 fuel_used: 0,
                 instantiation: Duration::ZERO,
+                denials: Denials::default(),
             };
         }
         let (mut store, deadline) = self.new_store(ctx);
@@ -349,6 +360,7 @@ impl Plugin {
             duration: started.elapsed(),
             fuel_used: self.fuel_used(&store),
             instantiation,
+            denials: store.data_mut().take_denials(),
         }
     }
 
@@ -368,16 +380,19 @@ impl Plugin {
                 duration: started.elapsed(),
                 fuel_used: 0,
                 instantiation: Duration::ZERO,
+                denials: Denials::default(),
             };
         }
         let Some(batch_exports) = &self.batch_exports else {
             let mut results = Vec::with_capacity(inputs.len());
             let mut fuel_used = 0;
             let mut instantiation = Duration::ZERO;
+            let mut denials = Denials::default();
             for input in inputs {
                 let run = self.process_one(ctx, input).await;
                 fuel_used += run.fuel_used;
                 instantiation += run.instantiation;
+                denials.merge(run.denials);
                 results.push(run.result);
             }
             return Run {
@@ -385,6 +400,7 @@ impl Plugin {
                 duration: started.elapsed(),
                 fuel_used,
                 instantiation,
+                denials,
             };
         };
 
@@ -430,6 +446,7 @@ impl Plugin {
             duration: started.elapsed(),
             fuel_used: self.fuel_used(&store),
             instantiation,
+            denials: store.data_mut().take_denials(),
         }
     }
 

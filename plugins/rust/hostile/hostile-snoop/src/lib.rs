@@ -3,16 +3,19 @@
 //! It exists for the host's tests: Kiln gives plugins a deny-by-default WASI
 //! (no files, no environment, no network). `process` tries, in order, to read
 //! `/etc/passwd`, list the environment, read `HOME`, open a TCP connection to
-//! `127.0.0.1:5672` and resolve `localhost:80`. It never panics: it returns
-//! `ok` with a one-line JSON object, one key per attempt, each value
-//! `"ok: <detail>"` on success or `"error: <message>"` on denial, e.g.
+//! `127.0.0.1:5672`, bind a UDP socket to `0.0.0.0:0` and resolve
+//! `localhost:80`. It never panics: it returns `ok` with a one-line JSON
+//! object, one key per attempt, each value `"ok: <detail>"` on success or
+//! `"error: <message>"` on denial, e.g.
 //!
 //! ```text
-//! {"file":"error: ...","env_count":0,"env":"error: ...","home":"error: ...","tcp":"error: ...","dns":"error: ..."}
+//! {"file":"error: ...","env_count":0,"env":"error: ...","home":"error: ...","tcp":"error: ...","udp":"error: ...","dns":"error: ..."}
 //! ```
 //!
 //! `env_count` is the number of variables seen; `env` repeats it in the
-//! `ok:`/`error:` form of the other keys.
+//! `ok:`/`error:` form of the other keys. Config `dns_lookups` (default 1)
+//! repeats the name lookup that many times, like a guest looping on a
+//! denied call; `dns` reports the last attempt.
 
 wit_bindgen::generate!({
     path: "../../../../wit",
@@ -20,9 +23,10 @@ wit_bindgen::generate!({
 });
 
 use std::fmt::Display;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 
 use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
+use kiln::plugin::host_api::get_config;
 
 struct HostileSnoop;
 
@@ -84,20 +88,34 @@ impl Guest for HostileSnoop {
             },
         );
 
-        let dns = report("localhost:80".to_socket_addrs(), |mut addrs| {
-            match addrs.next() {
-                Some(addr) => format!("resolved to {addr}"),
-                None => "resolved to no address".to_string(),
+        let udp = report(UdpSocket::bind("0.0.0.0:0"), |socket| {
+            match socket.local_addr() {
+                Ok(local) => format!("bound to {local}"),
+                Err(_) => "bound".to_string(),
             }
         });
 
+        let lookups = get_config("dns_lookups")
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(1);
+        let mut dns = String::new();
+        for _ in 0..lookups.max(1) {
+            dns = report("localhost:80".to_socket_addrs(), |mut addrs| {
+                match addrs.next() {
+                    Some(addr) => format!("resolved to {addr}"),
+                    None => "resolved to no address".to_string(),
+                }
+            });
+        }
+
         let output = format!(
-            "{{\"file\":{},\"env_count\":{},\"env\":{},\"home\":{},\"tcp\":{},\"dns\":{}}}",
+            "{{\"file\":{},\"env_count\":{},\"env\":{},\"home\":{},\"tcp\":{},\"udp\":{},\"dns\":{}}}",
             json_string(&file),
             vars.len(),
             json_string(&env),
             json_string(&home),
             json_string(&tcp),
+            json_string(&udp),
             json_string(&dns),
         );
         Ok(ProcessResult {
