@@ -2,18 +2,16 @@
 //! concurrency, reply-then-ack, retries through delay queues, dead letters
 //! with the reason, reconnects, and a graceful drain.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kiln_protocol::{Disposition, Envelope, Handled};
-use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -21,16 +19,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::config::AmqpConfig;
-use crate::publisher::{Published, Publisher};
+use crate::publisher::Publisher;
+use crate::settle::Settler;
 use crate::topology::Topology;
 use crate::{BrokerError, NoTraceHeaders, TraceHeaders};
 
 /// How long shutdown waits for the broker to answer a cancel, requeue or
 /// close before leaving the rest to the end of the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long one requeue (nack) may take before it is left to the broker.
-const REQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Header carrying the 1-based attempt number of a retried job.
 pub const ATTEMPT_HEADER: &str = "x-kiln-attempt";
@@ -146,7 +142,7 @@ impl<H: JobHandler> Worker<H> {
                     let mut stop = shutdown.clone();
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                        () = stopped(&mut stop) => return,
                     }
                     delay = (delay * 2).min(max);
                 }
@@ -199,7 +195,8 @@ impl<H: JobHandler> Worker<H> {
         self.ready.send_replace(true);
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let inflight: Arc<Mutex<HashMap<u64, Acker>>> = Arc::default();
+        let (settler, settling) = Settler::start(consume.clone(), self.stats.clone());
+        let inflight: Arc<Mutex<HashSet<u64>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
         let mut last_delivery = Instant::now();
@@ -210,10 +207,11 @@ impl<H: JobHandler> Worker<H> {
         let end = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => break None,
-                // Reap finished jobs so the set does not grow.
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = stopped(&mut shutdown) => break None,
                 next = consumer.next() => {
+                    // Reap finished jobs here rather than in a branch of
+                    // this select, which would wake the loop once per job.
+                    reap(&mut tasks);
                     let delivery = match next {
                         Some(Ok(d)) => d,
                         Some(Err(e)) => break Some(format!("consumer error: {e}")),
@@ -223,16 +221,17 @@ impl<H: JobHandler> Worker<H> {
                     tracing::debug!(delivery_tag = delivery.delivery_tag, free_slots = slots.available_permits(), "delivery received");
                     let permit = tokio::select! {
                         p = slots.clone().acquire_owned() => p,
-                        _ = stop.wait_for(|s| *s) => {
-                            requeue(&delivery.acker).await;
+                        () = stopped(&mut stop) => {
+                            settler.requeue(delivery.delivery_tag);
                             break None;
                         }
                     };
                     let Ok(permit) = permit else { break None };
-                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery.delivery_tag, delivery.acker.clone());
+                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery.delivery_tag);
                     let job = Job {
                         handler: self.handler.clone(),
                         publisher: publisher.clone(),
+                        settler: settler.clone(),
                         topology: self.topology.clone(),
                         stats: self.stats.clone(),
                         delivery_limit: self.config.delivery_limit,
@@ -266,6 +265,7 @@ impl<H: JobHandler> Worker<H> {
                 // Unacked deliveries are requeued by the broker when the
                 // channel goes; in-flight jobs finish but cannot ack.
                 tasks.abort_all();
+                settling.abort();
                 let _ = tokio::time::timeout(
                     CLOSE_TIMEOUT,
                     conn.close(200, ShortString::from("reconnecting")),
@@ -275,8 +275,16 @@ impl<H: JobHandler> Worker<H> {
             }
             None => {
                 self.ready.send_replace(false);
-                self.drain(&conn, &consume, &mut consumer, tasks, &inflight, &name)
-                    .await;
+                let session = Session {
+                    conn: &conn,
+                    channel: &consume,
+                    consumer: &mut consumer,
+                    settler,
+                    settling,
+                    inflight: &inflight,
+                    tag: &name,
+                };
+                self.drain(session, tasks).await;
                 SessionEnd::Drained
             }
         }
@@ -285,19 +293,21 @@ impl<H: JobHandler> Worker<H> {
     /// Graceful drain: cancel the consumer and requeue what was prefetched
     /// but not started (together bounded by [`CLOSE_TIMEOUT`]), let
     /// in-flight jobs finish (reply and ack) within the shutdown timeout,
-    /// then requeue whatever is still unfinished and close (again bounded by
-    /// [`CLOSE_TIMEOUT`]). A broker that stops reading (a disk or memory
-    /// alarm) therefore delays the exit by at most twice that: what could
-    /// not be requeued is requeued by the broker when the connection ends.
-    async fn drain(
-        &self,
-        conn: &Connection,
-        channel: &lapin::Channel,
-        consumer: &mut lapin::Consumer,
-        mut tasks: tokio::task::JoinSet<()>,
-        inflight: &Mutex<HashMap<u64, Acker>>,
-        tag: &str,
-    ) {
+    /// requeue whatever is still unfinished, send the last acks and close
+    /// (again bounded by [`CLOSE_TIMEOUT`]). A broker that stops reading (a
+    /// disk or memory alarm) therefore delays the exit by at most twice
+    /// that: what could not be requeued is requeued by the broker when the
+    /// connection ends.
+    async fn drain(&self, session: Session<'_>, mut tasks: tokio::task::JoinSet<()>) {
+        let Session {
+            conn,
+            channel,
+            consumer,
+            settler,
+            settling,
+            inflight,
+            tag,
+        } = session;
         tracing::info!(in_flight = tasks.len(), "draining");
         let mut requeued = 0;
         let stop_consuming = async {
@@ -312,7 +322,7 @@ impl<H: JobHandler> Worker<H> {
             while let Ok(Some(Ok(delivery))) =
                 tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
             {
-                requeue(&delivery.acker).await;
+                settler.requeue(delivery.delivery_tag);
                 requeued += 1;
             }
         };
@@ -329,21 +339,22 @@ impl<H: JobHandler> Worker<H> {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        let mut unfinished = Vec::new();
+        let mut left = 0;
         if finished.is_err() {
             tasks.abort_all();
-            unfinished = inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-                .map(|(_, a)| a)
-                .collect();
-        }
-        let left = unfinished.len();
-        let finish = async {
-            for acker in unfinished {
-                requeue(&acker).await;
+            // Joined, the aborted tasks hold no settler handle any more.
+            while tasks.join_next().await.is_some() {}
+            let unfinished =
+                std::mem::take(&mut *inflight.lock().unwrap_or_else(|e| e.into_inner()));
+            left = unfinished.len();
+            for delivery_tag in unfinished {
+                settler.requeue(delivery_tag);
             }
+        }
+        // The last handle: the settler sends what is queued, then ends.
+        drop(settler);
+        let finish = async {
+            let _ = settling.await;
             let _ = channel.close(200, ShortString::from("shutdown")).await;
             let _ = conn.close(200, ShortString::from("shutdown")).await;
         };
@@ -360,21 +371,32 @@ impl<H: JobHandler> Worker<H> {
     }
 }
 
-/// Nacks a delivery with requeue. Bounded: a connection blocked by a
-/// broker alarm may never take the frame, and then the end of the
-/// connection requeues the delivery anyway.
-async fn requeue(acker: &Acker) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    match tokio::time::timeout(REQUEUE_TIMEOUT, acker.nack(options)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot requeue a delivery; the broker will when the channel closes")
-        }
-        Err(_) => {
-            tracing::warn!("requeue timed out; the broker will requeue when the connection ends")
+/// Resolves once shutdown is requested (or its sender is gone), holding
+/// no borrow of the value, so the futures that wait on it stay `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// What the drain of a session needs.
+struct Session<'a> {
+    conn: &'a Connection,
+    channel: &'a lapin::Channel,
+    consumer: &'a mut lapin::Consumer,
+    settler: Settler,
+    settling: tokio::task::JoinHandle<()>,
+    inflight: &'a Mutex<HashSet<u64>>,
+    tag: &'a str,
+}
+
+/// Collects the jobs that have finished, without waiting; a job task that
+/// panicked is logged (its delivery stays unacked until the channel ends,
+/// when the broker redelivers it).
+fn reap(tasks: &mut tokio::task::JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        if let Err(error) = done
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a job task panicked");
         }
     }
 }
@@ -383,6 +405,7 @@ async fn requeue(acker: &Acker) {
 struct Job<H> {
     handler: Arc<H>,
     publisher: Publisher,
+    settler: Settler,
     topology: Topology,
     stats: Arc<WorkerStats>,
     delivery_limit: u32,
@@ -442,20 +465,13 @@ impl<H: JobHandler> Job<H> {
                 "kiln.outcome",
                 handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str),
             );
-            match self.settle(&delivery, &handled, attempt).await {
-                Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-                    Ok(true) => {
-                        self.stats.acked.fetch_add(1, Relaxed);
-                    }
-                    // The channel is gone: the broker will redeliver.
-                    Ok(false) => {
-                        tracing::warn!("ack not sent: channel closed; the job will be redelivered")
-                    }
-                    Err(error) => tracing::warn!(%error, "ack failed; the job will be redelivered"),
-                },
+            // Only a confirmed outcome acks the job; the settler sends the
+            // ack (coalesced with others), this task does not wait for it.
+            match self.dispose(&delivery, &handled, attempt).await {
+                Ok(()) => self.settler.ack(delivery.delivery_tag),
                 Err(error) => {
                     tracing::warn!(%error, "publish not confirmed, requeueing the job");
-                    requeue(&delivery.acker).await;
+                    self.settler.requeue(delivery.delivery_tag);
                 }
             }
         }
@@ -464,7 +480,7 @@ impl<H: JobHandler> Job<H> {
     }
 
     /// Publishes what the disposition calls for, each confirmed.
-    async fn settle(
+    async fn dispose(
         &self,
         delivery: &Delivery,
         handled: &Handled,
@@ -484,8 +500,7 @@ impl<H: JobHandler> Job<H> {
                     AMQPValue::LongLongInt(i64::from(next_attempt)),
                 );
                 props = props.with_headers(headers).with_delivery_mode(2);
-                self.publisher
-                    .publish(queue, delivery.data.clone(), props, false)
+                self.publish(queue, delivery.data.clone(), props, false)
                     .await?;
                 self.stats.retried.fetch_add(1, Relaxed);
                 tracing::info!(queue, next_attempt, "job scheduled for retry");
@@ -518,20 +533,35 @@ impl<H: JobHandler> Job<H> {
                 reply = reply.with_headers(headers);
             }
         }
-        match self
+        self.publish(to, handled.encoded.clone(), reply, true).await
+    }
+
+    /// Publishes and waits for the confirm. A returned message the confirm
+    /// carries is a reply whose requester's queue is gone (only replies are
+    /// `mandatory`), not necessarily this publish's: nobody can receive it,
+    /// and retrying would loop forever, so it is logged by its own job id,
+    /// counted, and dropped.
+    async fn publish(
+        &self,
+        to: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let returned = self
             .publisher
-            .publish(to, handled.encoded.clone(), reply, true)
-            .await?
-        {
-            Published::Confirmed => Ok(()),
-            Published::Unroutable => {
-                // The requester's queue is gone: nobody can receive it, and
-                // retrying would loop forever. Log, count, and move on.
-                self.stats.unroutable_replies.fetch_add(1, Relaxed);
-                tracing::warn!(reply_to = to, "reply unroutable, dropped");
-                Ok(())
-            }
+            .publish(to, body, properties, mandatory)
+            .await?;
+        if let Some(returned) = returned {
+            self.stats.unroutable_replies.fetch_add(1, Relaxed);
+            tracing::warn!(
+                reply_to = returned.routing_key,
+                job_id = returned.message_id,
+                reason = returned.reply_text,
+                "reply unroutable, dropped"
+            );
         }
+        Ok(())
     }
 
     async fn dead_letter(
@@ -570,8 +600,7 @@ impl<H: JobHandler> Job<H> {
         if props.message_id().is_none() {
             props = props.with_message_id(ShortString::from(handled.job_id.clone()));
         }
-        self.publisher
-            .publish(&self.topology.dead, delivery.data.clone(), props, false)
+        self.publish(&self.topology.dead, delivery.data.clone(), props, false)
             .await?;
         self.stats.dead_lettered.fetch_add(1, Relaxed);
         tracing::warn!(queue = %self.topology.dead, kind, "job dead-lettered");

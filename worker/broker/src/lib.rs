@@ -1,8 +1,9 @@
 //! Kiln's RabbitMQ side, on lapin and tokio.
 //!
 //! It owns the topology (one declare function for every queue), confirmed
-//! publishing from one task per channel, and the at-least-once consumer:
-//! reply, wait for the confirm, then ack; retries through per-step delay
+//! publishing on a shared channel, and the at-least-once consumer: reply,
+//! wait for the confirm, then ack (coalesced by one settler task per
+//! channel); retries through per-step delay
 //! queues; dead letters carrying the reason in headers; reconnects with
 //! backoff; and a graceful drain on shutdown.
 //!
@@ -16,6 +17,7 @@ mod consumer;
 pub mod dlq;
 pub mod enqueue;
 mod publisher;
+mod settle;
 mod topology;
 
 pub use config::{AmqpConfig, QueueType, redact};
@@ -23,7 +25,7 @@ pub use consumer::{
     ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, JobHandler, Worker,
     WorkerStats, header_u32,
 };
-pub use publisher::{Published, Publisher};
+pub use publisher::{Publisher, Returned};
 pub use topology::Topology;
 
 use lapin::types::FieldTable;
