@@ -96,7 +96,12 @@ pub async fn run_with_sandbox(
     for warning in config.warnings(crate::config::cgroup_memory_limit()) {
         tracing::warn!(%warning, "config does not fit the container");
     }
-    worker.run(stop_rx).await;
+    // The consumer runs as a task on the runtime's workers, not on the
+    // thread blocked in `main`: the jobs it spawns then start on the worker
+    // it runs on, instead of each waking another thread.
+    if let Err(error) = tokio::spawn(async move { worker.run(stop_rx).await }).await {
+        tracing::error!(%error, "the consumer task failed");
+    }
     reloader.abort();
     let _ = done_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(1), http)
