@@ -281,6 +281,9 @@ struct RunResult {
     max_ms: f64,
     /// First publish to last publisher confirm (Celery: last apply_async).
     publish_seconds: f64,
+    /// Kiln only: the worker process's CPU time (user + system) during the
+    /// load, per job answered.
+    worker_cpu_us_per_job: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -449,13 +452,17 @@ impl Bench {
                         Outcome::Done(r) => {
                             eprintln!(
                                 "broker-bench: {system} {qt} prefetch {prefetch}: {}/{} jobs in \
-                                 {:.2} s = {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms{}",
+                                 {:.2} s = {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms{}{}",
                                 r.received,
                                 r.jobs,
                                 r.seconds,
                                 r.jobs_per_s,
                                 r.p50_ms,
                                 r.p99_ms,
+                                r.worker_cpu_us_per_job
+                                    .map_or_else(String::new, |us| format!(
+                                        ", worker CPU {us:.1} µs/job"
+                                    )),
                                 if r.notes.is_empty() {
                                     String::new()
                                 } else {
@@ -637,6 +644,7 @@ impl Bench {
                 "queue type not checked with rabbitmqctl (asked for {qt})"
             )),
         }
+        let cpu_before = worker.cpu_time();
         let load = amqp::run_load(&self.spec(
             queue,
             reply_queue,
@@ -645,6 +653,9 @@ impl Bench {
             amqp::Format::Kiln,
         ))
         .await;
+        let cpu = cpu_before
+            .zip(worker.cpu_time())
+            .map(|(a, b)| b.saturating_sub(a));
         if let Err(reason) = worker.alive() {
             notes.push(reason);
         }
@@ -657,13 +668,14 @@ impl Bench {
         if let Some(threads) = self.args.kiln_threads {
             load.notes.push(format!("kiln runtime threads {threads}"));
         }
-        Ok(Outcome::Done(result(
-            System::Kiln,
-            qt,
-            prefetch,
-            self.args.jobs,
-            load,
-        )))
+        let mut result = result(System::Kiln, qt, prefetch, self.args.jobs, load);
+        if let Some(cpu) = cpu
+            && result.received > 0
+        {
+            result.worker_cpu_us_per_job =
+                Some(round(cpu.as_secs_f64() * 1e6 / result.received as f64, 1));
+        }
+        Ok(Outcome::Done(result))
     }
 
     async fn run_celery(
@@ -854,6 +866,7 @@ fn result(
         p99_ms: round(pct(99.0), 2),
         max_ms: round(pct(100.0), 2),
         publish_seconds: round(load.publish_seconds, 3),
+        worker_cpu_us_per_job: None,
         notes: load.notes,
     }
 }
@@ -904,11 +917,13 @@ fn print_table(report: &Report) {
         "\n{} jobs of {} B (Celery: {}), publisher confirms, at most {} unconfirmed\n",
         report.jobs, report.size, report.celery_jobs, report.max_unconfirmed
     );
-    println!("| system | queue | prefetch | jobs | seconds | jobs/s | p50 ms | p99 ms |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| system | queue | prefetch | jobs | seconds | jobs/s | p50 ms | p99 ms | worker CPU µs/job |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &report.results {
         println!(
-            "| {} | {} | {} | {}{} | {:.2} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {}{} | {:.2} | {:.0} | {:.1} | {:.1} | {} |",
             r.system,
             r.queue_type,
             r.prefetch,
@@ -921,7 +936,9 @@ fn print_table(report: &Report) {
             r.seconds,
             r.jobs_per_s,
             r.p50_ms,
-            r.p99_ms
+            r.p99_ms,
+            r.worker_cpu_us_per_job
+                .map_or_else(|| "–".to_owned(), |us| format!("{us:.1}"))
         );
     }
     // One line per system and reason, not per run.

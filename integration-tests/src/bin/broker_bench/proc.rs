@@ -55,6 +55,21 @@ impl Group {
         }
     }
 
+    /// The CPU time (user + system) the leader has used so far, read from
+    /// `/proc/<pid>/stat`; `None` off Linux or once it has exited.
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields 14 and 15 (utime, stime) counted from the one after the
+        // command name, which is in parentheses and may hold spaces.
+        let rest = stat.get(stat.rfind(')')? + 1..)?;
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        // In USER_HZ, which is 100 on Linux.
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
+
     /// SIGTERM to the group, up to `grace` for the leader to exit, then
     /// SIGKILL to the group.
     pub(crate) async fn stop(mut self, grace: Duration) {
