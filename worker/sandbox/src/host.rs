@@ -16,6 +16,7 @@ use crate::audit::{Audit, Denials};
 use crate::bindings::kiln::plugin::host_api::{self, LogLevel};
 use crate::bindings::kiln::plugin::types;
 use crate::config::Limits;
+use crate::engine::Ticking;
 use crate::manifest::Grants;
 use crate::network::NetworkGate;
 use crate::stdio::GuestOutput;
@@ -35,6 +36,8 @@ pub(crate) struct JobState {
     plugin_config: Arc<BTreeMap<String, String>>,
     log: LogBudget,
     audit: Audit,
+    /// Keeps the epoch ticker running while the store lives.
+    _ticking: Ticking,
 }
 
 /// Who a store runs for, and with which config.
@@ -51,7 +54,12 @@ pub(crate) struct JobIdentity {
 }
 
 impl JobState {
-    pub(crate) fn new(who: JobIdentity, limits: &Limits, deadline: Instant) -> Self {
+    pub(crate) fn new(
+        who: JobIdentity,
+        limits: &Limits,
+        deadline: Instant,
+        ticking: Ticking,
+    ) -> Self {
         let stdout = GuestOutput::new(limits.max_stdio_bytes);
         let stderr = GuestOutput::new(limits.max_stdio_bytes);
         // Deny by default, each grant a reviewable line: stdin is closed, no
@@ -96,6 +104,7 @@ impl JobState {
             plugin_config: who.plugin_config,
             log: LogBudget::new(limits.max_log_lines, limits.max_log_bytes),
             audit,
+            _ticking: ticking,
         }
     }
 

@@ -58,7 +58,7 @@ pub struct Sandbox {
     cache: ComponentCache,
     limits: Arc<Limits>,
     config: SandboxConfig,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -88,7 +88,7 @@ impl Sandbox {
             engine,
             linker: Arc::new(linker),
             config,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -144,6 +144,7 @@ impl Sandbox {
             component,
             cache_state,
             linker: &self.linker,
+            ticker: self.ticker.handle(),
             limits: self.limits.clone(),
             plugin_configs: &self.config.plugin_config,
         })

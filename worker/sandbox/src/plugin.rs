@@ -18,6 +18,7 @@ use crate::bindings::exports::kiln::plugin::{batch, plugin};
 use crate::bindings::kiln::plugin::types::{ErrorKind, ProcessError, ProcessResult};
 use crate::cache::CacheState;
 use crate::config::Limits;
+use crate::engine::TickerHandle;
 use crate::error::{JobFailure, LoadError, PluginErrorKind};
 use crate::host::{JobIdentity, JobState, MemoryCapReached};
 use crate::manifest::{Canary, Grants, Settings};
@@ -79,6 +80,8 @@ pub struct Plugin {
     plugin_exports: plugin::GuestIndices,
     batch_exports: Option<batch::GuestIndices>,
     engine: Engine,
+    /// Keeps the epoch advancing while a store of this plugin is alive.
+    ticker: TickerHandle,
     limits: Arc<Limits>,
     plugin_config: Arc<BTreeMap<String, String>>,
     grants: Arc<Grants>,
@@ -105,6 +108,7 @@ pub(crate) struct Prepared<'a> {
     pub(crate) component: wasmtime::component::Component,
     pub(crate) cache_state: CacheState,
     pub(crate) linker: &'a Linker<JobState>,
+    pub(crate) ticker: TickerHandle,
     pub(crate) limits: Arc<Limits>,
     pub(crate) plugin_configs: &'a BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -145,6 +149,7 @@ impl Plugin {
             plugin_exports,
             batch_exports,
             engine,
+            ticker: p.ticker,
             limits: p.limits,
             plugin_config: Arc::default(),
             grants: Arc::default(),
@@ -297,7 +302,12 @@ impl Plugin {
             plugin_config: self.plugin_config.clone(),
             grants: self.grants.clone(),
         };
-        let state = JobState::new(who, &self.limits, Instant::now() + deadline);
+        let state = JobState::new(
+            who,
+            &self.limits,
+            Instant::now() + deadline,
+            self.ticker.ticking(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Fuel is enabled on the engine, so this cannot fail.
