@@ -192,6 +192,83 @@ fn plugins_lists_versions_exports_cache_and_errors() {
     assert_eq!(stdout_json(&out)["plugins"][0]["cache"], "hit");
 }
 
+/// `kiln plugins --worker URL` shows what a running worker serves, its
+/// reload errors included, and follows its hot reloads. (The worker needs
+/// no broker for that: it keeps reconnecting to a closed port meanwhile.)
+#[test]
+fn plugins_asks_a_running_worker_what_it_serves() {
+    let plugins = plugin_dir(&["uppercase", "invalid-wrong-types"]);
+    let cache = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut worker = Command::new(kiln_bin())
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache")
+        .arg(cache.path())
+        .args(["worker", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .args(["--queue", "kiln-test-plugins-worker"])
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .env("KILN__RELOAD__POLL_MS", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let ask = || {
+        kiln(
+            plugins.path(),
+            cache.path(),
+            &["plugins", "--json", "--worker", &url],
+        )
+    };
+    // Until `until` holds of an answer, for up to 30 s.
+    let wait_for = |until: &dyn Fn(&Output) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = ask();
+            if until(&out) || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+
+    let out = wait_for(&|out| !out.stdout.is_empty());
+    let listing = stdout_json(&out);
+    assert_eq!(out.status.code(), Some(1), "the worker has a load error");
+    assert_eq!(listing["plugins"][0]["name"], "uppercase");
+    assert_eq!(listing["plugins"].as_array().map(Vec::len), Some(1));
+    assert!(
+        listing["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("invalid_wrong_types"),
+        "{listing}"
+    );
+
+    // The broken file goes: the running worker's reload clears its error.
+    std::fs::remove_file(plugins.path().join("invalid_wrong_types.wasm")).unwrap();
+    let out = wait_for(&|out| out.status.success());
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stdout_json(&out)["errors"], serde_json::json!([]));
+
+    // Nothing listens any more: a clear error, not a listing.
+    let out = ask();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot ask the worker"));
+}
+
 #[test]
 fn precompile_fills_a_baked_dir() {
     let plugins = plugin_dir(&["uppercase"]);

@@ -45,11 +45,17 @@ enum Command {
     /// embedded default: no broker needed).
     Run(RunArgs),
     /// List the plugins: name, version, size, cache state, exports, and
-    /// the files that failed to load.
+    /// the files that failed to load (exit 1 if any did).
     Plugins {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask a running `kiln worker` what it serves now (its
+        /// `--http-listen` address, e.g. `http://127.0.0.1:9090`), hot
+        /// reloads and reload errors included, instead of loading the
+        /// plugins directory here.
+        #[arg(long, value_name = "URL")]
+        worker: Option<String>,
     },
     /// Compile every plugin into the cache, for image builds and init
     /// containers.
@@ -371,7 +377,7 @@ async fn dispatch(
 ) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args, config).await,
-        Command::Plugins { json } => plugins(config, json).await,
+        Command::Plugins { json, worker } => plugins(config, json, worker).await,
         Command::Precompile { out } => precompile(config, out),
         Command::Worker(args) => worker(args, config, trace).await,
         Command::Enqueue(args) => enqueue(args, config, trace.as_ref()).await,
@@ -752,55 +758,89 @@ async fn dlq(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn plugins(config: KilnConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let (_sandbox, registry) = crate::load(&config).await?;
+async fn plugins(
+    config: KilnConfig,
+    json: bool,
+    worker: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let report = match worker {
+        Some(url) => {
+            // reqwest is built without a default crypto provider (for an
+            // https:// URL): use ring, as lapin and the OTLP exporter do.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let url = format!("{}/plugins", url.trim_end_matches('/'));
+            let body = async { reqwest::get(&url).await?.error_for_status()?.text().await }
+                .await
+                .with_context(|| format!("cannot ask the worker at {url}"))?;
+            serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?
+        }
+        None => plugins_report(&crate::load(&config).await?.1),
+    };
+    let listed = |key: &str| {
+        report
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (listing, errors) = (listed("plugins"), listed("errors"));
     if json {
-        let plugins: Vec<_> = registry
-            .plugins()
-            .map(|p| {
-                serde_json::json!({
-                    "name": p.name(),
-                    "version": p.version().to_string(),
-                    "path": p.path(),
-                    "wasm_bytes": p.wasm_bytes(),
-                    "cache": p.cache_state(),
-                    "exports": exports(p),
-                })
-            })
-            .collect();
-        let errors: Vec<_> = registry.errors().iter().map(ToString::to_string).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "plugins": plugins, "errors": errors })
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
             "{:<24} {:<10} {:>10} {:<20} {:<14} PATH",
             "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS"
         );
-        for p in registry.plugins() {
-            let cache = serde_json::to_value(p.cache_state())?;
+        let text = |p: &serde_json::Value, key: &str| match &p[key] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        for p in &listing {
             println!(
                 "{:<24} {:<10} {:>10} {:<20} {:<14} {}",
-                p.name(),
-                p.version().to_string(),
-                p.wasm_bytes(),
-                cache.as_str().unwrap_or_default(),
-                exports(p).join(","),
-                p.path().display()
+                text(p, "name"),
+                text(p, "version"),
+                text(p, "wasm_bytes"),
+                text(p, "cache"),
+                text(p, "exports"),
+                text(p, "path"),
             );
         }
-        for error in registry.errors() {
-            println!("error: {error}");
+        for error in &errors {
+            println!("error: {}", error.as_str().unwrap_or_default());
         }
     }
-    Ok(if registry.errors().is_empty() {
+    Ok(if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What `kiln plugins` shows, and a worker's `/plugins` answers: the
+/// plugins of `registry` and the files that failed to load into it.
+pub(crate) fn plugins_report(registry: &kiln_sandbox::Registry) -> serde_json::Value {
+    let plugins: Vec<_> = registry
+        .plugins()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name(),
+                "version": p.version().to_string(),
+                "path": p.path(),
+                "wasm_bytes": p.wasm_bytes(),
+                "cache": p.cache_state(),
+                "exports": exports(p),
+            })
+        })
+        .collect();
+    let errors: Vec<_> = registry.errors().iter().map(ToString::to_string).collect();
+    serde_json::json!({ "plugins": plugins, "errors": errors })
 }
 
 fn exports(p: &kiln_sandbox::Plugin) -> Vec<&'static str> {

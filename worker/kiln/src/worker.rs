@@ -126,7 +126,9 @@ struct Probes {
 /// `/healthz`: the process and its async runtime answer (the handler runs
 /// on the runtime the jobs use). `/readyz`: connected to the broker,
 /// consuming, not draining, and a plugin loaded now (503 otherwise, with the
-/// reason). `/metrics`: the OpenMetrics text of [`Exposition`].
+/// reason). `/plugins`: what `kiln plugins --json` shows, for the plugins
+/// serving now (hot reloads and reload errors included). `/metrics`: the
+/// OpenMetrics text of [`Exposition`].
 async fn serve_http(
     listener: tokio::net::TcpListener,
     probes: Probes,
@@ -139,6 +141,7 @@ async fn serve_http(
         plugins,
         metrics,
     } = probes;
+    let served = plugins.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -158,6 +161,18 @@ async fn serve_http(
                             "not ready: not consuming (connecting, reconnecting or draining)",
                         ),
                     }
+                }
+            }),
+        )
+        .route(
+            "/plugins",
+            get(move || {
+                let report = crate::cli::plugins_report(&served.load());
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        report.to_string(),
+                    )
                 }
             }),
         )
