@@ -9,12 +9,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use support::{Broker, WorkerProc, unique};
-
-fn job(id: &str, plugin: &str, input: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": input}))
-        .unwrap()
-}
+use support::{Broker, WorkerProc, job, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_with_correlation_ids_and_batches() {

@@ -25,6 +25,12 @@ pub fn unique(name: &str) -> String {
     format!("kiln-test-{name}-{}-{nanos}", std::process::id())
 }
 
+/// A job for `plugin` with one `input`.
+pub fn job(id: &str, plugin: &str, input: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": input}))
+        .unwrap()
+}
+
 pub fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
 }
@@ -46,8 +52,8 @@ pub struct WorkerProc {
     child: Child,
     port: u16,
     pub connection_name: String,
-    _cache: tempfile::TempDir,
-    _plugins: tempfile::TempDir,
+    /// The plugins and cache directories the worker owns, if any.
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl WorkerProc {
@@ -65,6 +71,32 @@ impl WorkerProc {
     pub async fn spawn_at(url: &str, queue: &str, plugins: &[&str], env: &[(&str, &str)]) -> Self {
         let plugins = kiln_integration_tests::plugin_dir(plugins);
         let cache = tempfile::tempdir().unwrap();
+        let mut worker = Self::start(url, queue, plugins.path(), cache.path(), env)
+            .until_ready()
+            .await;
+        worker._dirs = vec![cache, plugins];
+        worker
+    }
+
+    /// Waits (at most 60 s) until it is ready, and hands it back.
+    pub async fn until_ready(self) -> Self {
+        assert!(
+            self.wait_ready(true, Duration::from_secs(60)).await,
+            "worker never became ready"
+        );
+        self
+    }
+
+    /// Starts a worker process on `plugins` and `cache` (the caller's)
+    /// without waiting for it (see `until_ready`). `OTEL_*` settings of the
+    /// test's own environment are not passed on: only `env` sets them.
+    pub fn start(
+        url: &str,
+        queue: &str,
+        plugins: &Path,
+        cache: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -82,13 +114,16 @@ impl WorkerProc {
             &connection_name,
         ])
         .arg("--plugins")
-        .arg(plugins.path())
+        .arg(plugins)
         .arg("--cache")
-        .arg(cache.path())
+        .arg(cache)
         .args(["--http-listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "error")
         .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
         .env("KILN__AMQP__RECONNECT_INITIAL_MS", "200")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
         // Two job slots unless the test says otherwise.
@@ -96,19 +131,22 @@ impl WorkerProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let worker = Self {
-            child,
+        Self {
+            child: cmd.spawn().unwrap(),
             port,
             connection_name,
-            _cache: cache,
-            _plugins: plugins,
-        };
-        assert!(
-            worker.wait_ready(true, Duration::from_secs(60)).await,
-            "worker never became ready"
-        );
-        worker
+            _dirs: Vec::new(),
+        }
+    }
+
+    /// The port of its HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `/readyz` is 200.
@@ -123,7 +161,7 @@ impl WorkerProc {
 
     fn answers_200(&self, path: &str) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port())) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -157,7 +195,7 @@ impl WorkerProc {
 
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
+        let pid = self.pid().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
     }
 
@@ -194,9 +232,13 @@ pub struct Received {
 }
 
 impl Received {
+    /// The body, parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
     pub fn job_id(&self) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
-        v["job_id"].as_str().unwrap().to_owned()
+        self.json()["job_id"].as_str().unwrap().to_owned()
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
@@ -254,6 +296,12 @@ impl Broker {
         }
     }
 
+    /// Closes the connection.
+    #[allow(dead_code)] // Not every test binary closes its connections.
+    pub async fn close(self) {
+        let _ = self._conn.close(200, ShortString::from("done")).await;
+    }
+
     /// A durable reply queue (deleted by `delete_all`'s caller pattern).
     pub async fn reply_queue(&self) -> Replies {
         let name = unique("replies");
@@ -300,6 +348,12 @@ impl Broker {
         if let Some(c) = correlation {
             props = props.with_correlation_id(ShortString::from(c.to_owned()));
         }
+        self.publish_with(queue, body, props).await;
+    }
+
+    /// Publishes with `props` as given (message id, headers, ...) and
+    /// waits for the confirm.
+    pub async fn publish_with(&self, queue: &str, body: Vec<u8>, props: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(

@@ -14,16 +14,15 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use support::{Broker, URL, WorkerProc, unique};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -55,33 +54,55 @@ fn job(id: &str) -> Vec<u8> {
 /// Publishes `n` jobs whose replies go to the durable queue `replies`, on a
 /// connection of its own (a blocked publisher must not block the reader).
 async fn publish(queue: &str, replies: &str, ids: impl Iterator<Item = String>) -> HashSet<String> {
-    let conn = Connection::connect(URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut all = HashSet::new();
-    for id in ids {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_correlation_id(ShortString::from(id.clone()))
-            .with_reply_to(ShortString::from(replies.to_owned()));
-        ch.basic_publish(
-            ShortString::from(""),
-            ShortString::from(queue.to_owned()),
-            BasicPublishOptions::default(),
-            &job(&id),
-            props,
-        )
-        .await
-        .unwrap();
-        all.insert(id);
-    }
-    ch.wait_for_confirms().await.unwrap();
-    let _ = conn.close(200, ShortString::from("done")).await;
-    all
+    let jobs: Vec<(String, Vec<u8>)> = ids.map(|id| (id.clone(), job(&id))).collect();
+    let broker = Broker::connect().await;
+    broker.publish_many(queue, &jobs, replies).await;
+    broker.close().await;
+    jobs.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Publishes jobs `{prefix}0` to `{prefix}{n - 1}` (see `publish`) and
+/// waits until `{prefix}{under_way}` is answered; returns the ids and the
+/// replies seen so far.
+async fn publish_under_way(
+    queue: &str,
+    replies: &str,
+    prefix: &str,
+    n: usize,
+    under_way: usize,
+) -> (HashSet<String>, HashSet<String>) {
+    let ids = publish(queue, replies, (0..n).map(|i| format!("{prefix}{i}"))).await;
+    let mut seen = HashSet::new();
+    collect(
+        replies,
+        &HashSet::from([format!("{prefix}{under_way}")]),
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
+    (ids, seen)
+}
+
+/// Collects replies (see `collect`) and asserts that every job in `ids`
+/// was answered.
+async fn assert_none_lost(
+    replies: &str,
+    ids: &HashSet<String>,
+    seen: &mut HashSet<String>,
+    timeout: Duration,
+) {
+    collect(replies, ids, seen, timeout).await;
+    let missing: Vec<_> = ids.difference(seen).take(5).collect();
+    assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
+}
+
+/// Stops `worker` and deletes the jobs queue `q` (and those derived from
+/// it) and the durable queue `replies`; returns how the worker exited.
+async fn stop_and_clean_up(worker: WorkerProc, q: &str, replies: &str) -> ExitStatus {
+    let status = worker.stop().await;
+    Broker::connect().await.delete_all(q).await;
+    delete_queue(replies).await;
+    status
 }
 
 /// Collects reply job ids from the durable queue `replies` until `want` are
@@ -164,15 +185,7 @@ async fn jobs_queue_deleted_and_redeclared_mid_stream() {
     let q = unique("deleted");
     let replies = durable_reply_queue().await;
     let worker = WorkerProc::spawn(&q, &[]).await;
-    let first = publish(&q, &replies, (0..2_000).map(|i| format!("a{i}"))).await;
-    let mut seen = HashSet::new();
-    collect(
-        &replies,
-        &HashSet::from(["a10".to_owned()]),
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (first, mut seen) = publish_under_way(&q, &replies, "a", 2_000, 10).await;
 
     // Deleting the queue cancels the consumer (basic.cancel) and drops
     // whatever it held: the worker must notice, re-declare and resume.
@@ -209,9 +222,7 @@ async fn jobs_queue_deleted_and_redeclared_mid_stream() {
         "jobs published after the re-declare were not all answered"
     );
     assert!(!first.is_empty());
-    worker.stop().await;
-    Broker::connect().await.delete_all(&q).await;
-    delete_queue(&replies).await;
+    stop_and_clean_up(worker, &q, &replies).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,15 +231,7 @@ async fn broker_stop_app_and_start_app_mid_stream_loses_nothing() {
     let q = unique("stopapp");
     let replies = durable_reply_queue().await;
     let worker = WorkerProc::spawn(&q, &[]).await;
-    let ids = publish(&q, &replies, (0..5_000).map(|i| format!("s{i}"))).await;
-    let mut seen = HashSet::new();
-    collect(
-        &replies,
-        &HashSet::from(["s100".to_owned()]),
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (ids, mut seen) = publish_under_way(&q, &replies, "s", 5_000, 100).await;
 
     rabbitmqctl(&["stop_app"]);
     let not_ready = worker.wait_ready(false, Duration::from_secs(10)).await;
@@ -240,12 +243,8 @@ async fn broker_stop_app_and_start_app_mid_stream_loses_nothing() {
         worker.wait_ready(true, Duration::from_secs(60)).await,
         "worker did not reconnect"
     );
-    collect(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
-    let missing: Vec<_> = ids.difference(&seen).take(5).collect();
-    assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
-    worker.stop().await;
-    Broker::connect().await.delete_all(&q).await;
-    delete_queue(&replies).await;
+    assert_none_lost(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
+    stop_and_clean_up(worker, &q, &replies).await;
 }
 
 /// Restores the broker's disk limit even if the test fails.
@@ -283,15 +282,7 @@ async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_tim
     let replies = durable_reply_queue().await;
     let env = [("KILN__AMQP__SHUTDOWN_TIMEOUT_MS", "3000")];
     let worker = WorkerProc::spawn(&q, &env).await;
-    let ids = publish(&q, &replies, (0..3_000).map(|i| format!("d{i}"))).await;
-    let mut seen = HashSet::new();
-    collect(
-        &replies,
-        &HashSet::from(["d100".to_owned()]),
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (ids, mut seen) = publish_under_way(&q, &replies, "d", 3_000, 100).await;
 
     let alarm = DiskAlarm::raise();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -313,12 +304,8 @@ async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_tim
 
     drop(alarm);
     let worker = WorkerProc::spawn(&q, &[]).await;
-    collect(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
-    let missing: Vec<_> = ids.difference(&seen).take(5).collect();
-    assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
-    worker.stop().await;
-    Broker::connect().await.delete_all(&q).await;
-    delete_queue(&replies).await;
+    assert_none_lost(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
+    stop_and_clean_up(worker, &q, &replies).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -483,15 +470,7 @@ async fn silent_connection_is_detected_by_the_stall_watchdog_and_nothing_is_lost
         &[("KILN__AMQP__STALL_TIMEOUT_MS", "1500")],
     )
     .await;
-    let ids = publish(&q, &replies, (0..3_000).map(|i| format!("s{i}"))).await;
-    let mut seen = HashSet::new();
-    collect(
-        &replies,
-        &HashSet::from(["s50".to_owned()]),
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (ids, mut seen) = publish_under_way(&q, &replies, "s", 3_000, 50).await;
 
     // The worker's connection goes silent: no error, no close, no delivery.
     let before = proxy.connections();
@@ -507,14 +486,10 @@ async fn silent_connection_is_detected_by_the_stall_watchdog_and_nothing_is_lost
     assert!(proxy.connections() > before, "no new connection");
     // The broker requeues what the silent connection held once it closes.
     proxy.cut();
-    collect(&replies, &ids, &mut seen, Duration::from_secs(90)).await;
-    let lost: Vec<_> = ids.difference(&seen).take(5).collect();
-    assert!(lost.is_empty(), "jobs never answered, e.g. {lost:?}");
+    assert_none_lost(&replies, &ids, &mut seen, Duration::from_secs(90)).await;
     assert!(
         noticed < Duration::from_secs(10),
         "noticed only after {noticed:?} (stall timeout 1.5 s)"
     );
-    assert!(worker.stop().await.success());
-    Broker::connect().await.delete_all(&q).await;
-    delete_queue(&replies).await;
+    assert!(stop_and_clean_up(worker, &q, &replies).await.success());
 }

@@ -6,46 +6,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+// Shared with the broker tests; this binary uses part of it.
+#[path = "../broker/support.rs"]
+#[allow(dead_code)]
+mod support;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
+use support::{Broker, Replies, URL, WorkerProc, job, kiln};
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
+/// A queue name of this binary's.
 fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("kiln-test-obs-{name}-{}-{nanos}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn job(id: &str, plugin: &str, input: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": input}))
-        .unwrap()
+    support::unique(&format!("obs-{name}"))
 }
 
 /// A plain HTTP/1.0 GET: (status, content type, body).
@@ -70,220 +52,29 @@ fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
     Some((status, content_type, body.to_owned()))
 }
 
-/// A `kiln worker` on its own queue and HTTP port.
-struct Worker {
-    child: Child,
-    port: u16,
+/// SIGTERM, then waits for a successful exit.
+async fn stop(worker: WorkerProc) {
+    let status = worker.stop().await;
+    assert!(status.success(), "worker exited with {status}");
 }
 
-impl Worker {
-    fn spawn(queue: &str, plugins: &Path, cache: &Path, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"));
-        cmd.args(["worker", "--amqp-url", URL, "--queue", queue])
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache")
-            .arg(cache)
-            .args(["--http-listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "error")
-            .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
-            .env("KILN__PIPELINE__CONCURRENCY", "2")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("OTEL_SERVICE_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self {
-            child: cmd.spawn().unwrap(),
-            port,
-        }
-    }
-
-    /// Polls `/readyz` until its status is `want`; returns the last body.
-    async fn wait_ready(&self, want: u16, timeout: Duration) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some((status, _, body)) = get(self.port, "/readyz") {
-                if status == want {
-                    return body;
-                }
-                assert!(
-                    started.elapsed() < timeout,
-                    "/readyz stuck at {status}: {body}"
-                );
-            }
-            assert!(started.elapsed() < timeout, "/readyz never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for a successful exit.
-    async fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "worker exited with {status}");
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "worker did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The test's own connection, with a reply queue.
-struct Broker {
-    _conn: Connection,
-    channel: Channel,
-    replies: String,
-    consumer: lapin::Consumer,
-}
-
-/// One reply: its body and headers.
-struct Reply {
-    body: serde_json::Value,
+/// Publishes a job answered on `replies`, with `message_id` as its message
+/// and correlation id, and `headers`.
+async fn publish(
+    broker: &Broker,
+    queue: &str,
+    replies: &Replies,
+    body: Vec<u8>,
+    message_id: &str,
     headers: FieldTable,
-}
-
-impl Broker {
-    async fn connect() -> Self {
-        let conn = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let replies = unique("replies");
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(
-                ShortString::from(replies.clone()),
-                options,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(replies.clone()),
-                ShortString::from(replies.clone()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Self {
-            _conn: conn,
-            channel,
-            replies,
-            consumer,
-        }
-    }
-
-    async fn publish(&self, queue: &str, body: Vec<u8>, message_id: &str, headers: FieldTable) {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(message_id.to_owned()))
-            .with_correlation_id(ShortString::from(message_id.to_owned()))
-            .with_reply_to(ShortString::from(self.replies.clone()))
-            .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue.to_owned()),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
-    }
-
-    async fn take(&mut self, n: usize, timeout: Duration) -> Vec<Reply> {
-        take(&mut self.consumer, n, timeout).await
-    }
-
-    /// Takes up to `n` messages from another queue.
-    async fn drain(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Reply> {
-        let mut consumer = self
-            .channel
-            .basic_consume(
-                ShortString::from(queue.to_owned()),
-                ShortString::from(unique("drain")),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        take(&mut consumer, n, timeout).await
-    }
-
-    async fn delete_all(&self, queue: &str) {
-        for name in [
-            queue.to_owned(),
-            format!("{queue}.dead"),
-            format!("{queue}.results"),
-            format!("{queue}.retry.1"),
-            format!("{queue}.retry.2"),
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
-                .await;
-        }
-    }
-}
-
-async fn take(consumer: &mut lapin::Consumer, n: usize, timeout: Duration) -> Vec<Reply> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.next()).await {
-            Ok(Some(Ok(d))) => {
-                got.push(Reply {
-                    body: serde_json::from_slice(&d.data).unwrap(),
-                    headers: d.properties.headers().clone().unwrap_or_default(),
-                });
-                d.ack(BasicAckOptions::default()).await.unwrap();
-            }
-            _ => break,
-        }
-    }
-    got
-}
-
-fn header(headers: &FieldTable, name: &str) -> Option<String> {
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => Some(format!("{other:?}")),
-    }
+) {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message_id.to_owned()))
+        .with_correlation_id(ShortString::from(message_id.to_owned()))
+        .with_reply_to(ShortString::from(replies.name.clone()))
+        .with_headers(headers);
+    broker.publish_with(queue, body, props).await;
 }
 
 // ---------------------------------------------------------------- traces
@@ -420,8 +211,6 @@ fn parse_traceparent(value: &str) -> (String, String) {
 async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
     let receiver = Receiver::start().await;
     let q = unique("traces");
-    let plugins = kiln_integration_tests::plugin_dir(&["uppercase"]);
-    let cache = tempfile::tempdir().unwrap();
     // A ten-minute batch delay: spans can only arrive through the flush at
     // shutdown.
     let otel = [
@@ -429,30 +218,31 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
     ];
-    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &otel);
-    worker.wait_ready(200, Duration::from_secs(60)).await;
-    let mut broker = Broker::connect().await;
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &otel).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
 
     // 1. A producer of our own: a job carrying a traceparent.
     let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let producer_span = "00f067aa0ba902b7";
-    broker
-        .publish(
-            &q,
-            job("j-direct", "uppercase", "hello"),
-            "m-direct",
-            traceparent(producer_trace, producer_span),
-        )
-        .await;
-    let replies = broker.take(1, Duration::from_secs(30)).await;
-    assert_eq!(replies.len(), 1);
-    assert_eq!(replies[0].body["output"], "HELLO");
-    let reply_parent = header(&replies[0].headers, "traceparent").expect("reply traceparent");
+    publish(
+        &broker,
+        &q,
+        &replies,
+        job("j-direct", "uppercase", "hello"),
+        "m-direct",
+        traceparent(producer_trace, producer_span),
+    )
+    .await;
+    let got = replies.take(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["output"], "HELLO");
+    let reply_parent = got[0].header("traceparent").expect("reply traceparent");
     let (reply_trace, reply_span) = parse_traceparent(&reply_parent);
     assert_eq!(reply_trace, producer_trace, "the reply continues the trace");
     assert_ne!(reply_span, producer_span);
     assert_eq!(
-        header(&replies[0].headers, "tracestate").as_deref(),
+        got[0].header("tracestate").as_deref(),
         Some("producer=test")
     );
 
@@ -465,7 +255,7 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         [job("j-enq", "uppercase", "world"), b"\n".to_vec()].concat(),
     )
     .unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
+    let status = kiln()
         .args(["enqueue", "--amqp-url", URL, "--queue", &q])
         .arg(&jobs)
         .env("RUST_LOG", "error")
@@ -510,7 +300,7 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         "worker spans exported before shutdown: {:#?}",
         receiver.spans()
     );
-    worker.stop().await;
+    stop(worker).await;
     let spans = receiver
         .wait_for("the worker's job spans", |s| {
             s.iter()
@@ -581,29 +371,24 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_endpoint_replies_carry_no_trace_headers() {
     let q = unique("notrace");
-    let plugins = kiln_integration_tests::plugin_dir(&["uppercase"]);
-    let cache = tempfile::tempdir().unwrap();
     // An empty endpoint counts as unset.
-    let worker = Worker::spawn(
+    let worker =
+        WorkerProc::spawn_with(&q, &["uppercase"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    publish(
+        &broker,
         &q,
-        plugins.path(),
-        cache.path(),
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
-    );
-    worker.wait_ready(200, Duration::from_secs(60)).await;
-    let mut broker = Broker::connect().await;
-    broker
-        .publish(
-            &q,
-            job("j", "uppercase", "x"),
-            "m",
-            traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
-        )
-        .await;
-    let replies = broker.take(1, Duration::from_secs(30)).await;
-    assert_eq!(replies.len(), 1);
-    assert_eq!(header(&replies[0].headers, "traceparent"), None);
-    worker.stop().await;
+        &replies,
+        job("j", "uppercase", "x"),
+        "m",
+        traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+    )
+    .await;
+    let got = replies.take(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("traceparent"), None);
+    stop(worker).await;
     broker.delete_all(&q).await;
 }
 
@@ -632,15 +417,16 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
         ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "50"),
         ("KILN__PIPELINE__INITIAL_BACKOFF_MS", "100"),
     ];
-    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &env);
-    assert_eq!(
-        worker.wait_ready(200, Duration::from_secs(60)).await,
-        "ready"
-    );
-    let (status, _, body) = get(worker.port, "/healthz").unwrap();
+    let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &env)
+        .until_ready()
+        .await;
+    let (status, _, body) = get(worker.port(), "/readyz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready"));
+    let (status, _, body) = get(worker.port(), "/healthz").unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
 
-    let mut broker = Broker::connect().await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
     let jobs = [
         job("ok-1", "uppercase", "a"),
         job("ok-2", "uppercase", "b"),
@@ -653,16 +439,22 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
         job("spin", "hostile-spin", "x"),
     ];
     for (i, body) in jobs.into_iter().enumerate() {
-        broker
-            .publish(&q, body, &format!("m-{i}"), FieldTable::default())
-            .await;
+        publish(
+            &broker,
+            &q,
+            &replies,
+            body,
+            &format!("m-{i}"),
+            FieldTable::default(),
+        )
+        .await;
     }
-    let replies = broker.take(6, Duration::from_secs(60)).await;
-    assert_eq!(replies.len(), 6, "one reply per job");
+    let got = replies.take(6, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 6, "one reply per job");
     // The last ack follows the last reply's confirm: wait for it.
     let started = Instant::now();
     let text = loop {
-        let (status, content_type, text) = get(worker.port, "/metrics").unwrap();
+        let (status, content_type, text) = get(worker.port(), "/metrics").unwrap();
         assert_eq!(status, 200);
         assert!(
             content_type.starts_with("application/openmetrics-text"),
@@ -778,12 +570,13 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     );
     // No series per unknown plugin name.
     assert!(!text.contains("no-such-plugin"), "{text}");
-    worker.stop().await;
+    stop(worker).await;
 
     // The same plugins and cache again: every plugin is a cache hit.
-    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &env);
-    worker.wait_ready(200, Duration::from_secs(60)).await;
-    let (_, _, text) = get(worker.port, "/metrics").unwrap();
+    let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &env)
+        .until_ready()
+        .await;
+    let (_, _, text) = get(worker.port(), "/metrics").unwrap();
     check_samples(
         &text,
         &[
@@ -792,7 +585,7 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
             ("kiln_retries_total", 0.0),
         ],
     );
-    worker.stop().await;
+    stop(worker).await;
     broker.delete_all(&q).await;
 }
 
@@ -801,10 +594,10 @@ async fn readyz_wants_plugins_and_healthz_only_a_live_process() {
     let q = unique("noplugins");
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let worker = Worker::spawn(&q, plugins.path(), cache.path(), &[]);
+    let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &[]);
     let started = Instant::now();
     let health = loop {
-        if let Some(answer) = get(worker.port, "/healthz") {
+        if let Some(answer) = get(worker.port(), "/healthz") {
             break answer;
         }
         assert!(
@@ -816,10 +609,10 @@ async fn readyz_wants_plugins_and_healthz_only_a_live_process() {
     assert_eq!((health.0, health.2.as_str()), (200, "ok"));
     // Connected and consuming, but with nothing to run jobs with.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _, body) = get(worker.port, "/readyz").unwrap();
+    let (status, _, body) = get(worker.port(), "/readyz").unwrap();
     assert_eq!(status, 503);
     assert!(body.contains("no plugin loaded"), "{body}");
-    worker.stop().await;
+    stop(worker).await;
     let broker = Broker::connect().await;
     broker.delete_all(&q).await;
 }

@@ -18,12 +18,12 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Broker, Replies, URL, unique};
+use support::{Broker, Replies, URL, WorkerProc, unique};
 use tokio::sync::{Mutex, MutexGuard};
 
 async fn serial() -> MutexGuard<'static, ()> {
@@ -38,60 +38,34 @@ fn fixture(crate_name: &str) -> Vec<u8> {
 
 /// A `kiln worker` on a plugins directory the test owns.
 struct Worker {
-    child: Child,
-    port: u16,
+    proc: WorkerProc,
     _cache: tempfile::TempDir,
 }
 
 impl Worker {
     async fn spawn(queue: &str, plugins: &Path, env: &[(&str, &str)]) -> Self {
         let cache = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"));
-        cmd.args(["worker", "--amqp-url", URL, "--queue", queue])
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache")
-            .arg(cache.path())
-            .args(["--http-listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn,kiln::reload=info")
-            .env("KILN__LOG__FORMAT", "text")
-            .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
+        let mut all = vec![
+            ("RUST_LOG", "warn,kiln::reload=info"),
+            ("KILN__LOG__FORMAT", "text"),
             // One job at a time: job order is the order plugins are routed.
-            .env("KILN__PIPELINE__CONCURRENCY", "1")
-            .env("KILN__RELOAD__SETTLE_MS", "500")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let worker = Self {
-            child: cmd.spawn().unwrap(),
-            port,
+            ("KILN__PIPELINE__CONCURRENCY", "1"),
+            ("KILN__RELOAD__SETTLE_MS", "500"),
+        ];
+        all.extend_from_slice(env);
+        let proc = WorkerProc::start(URL, queue, plugins, cache.path(), &all)
+            .until_ready()
+            .await;
+        Self {
+            proc,
             _cache: cache,
-        };
-        let started = Instant::now();
-        while worker
-            .get("/readyz")
-            .is_none_or(|r| !(r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")))
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "worker never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        worker
     }
 
     /// The raw HTTP response to `GET path`.
     fn get(&self, path: &str) -> Option<String> {
         use std::io::Read as _;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.proc.port())).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .ok()?;
@@ -114,17 +88,10 @@ impl Worker {
 
     fn hangup(&self) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args(["-HUP", &self.proc.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
