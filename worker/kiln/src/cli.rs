@@ -774,7 +774,7 @@ async fn plugins(
                 .with_context(|| format!("cannot ask the worker at {url}"))?;
             serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?
         }
-        None => plugins_report(&crate::load(&config).await?.1),
+        None => crate::plugins_report(&crate::load(&config).await?.1),
     };
     let listed = |key: &str| {
         report
@@ -821,34 +821,6 @@ async fn plugins(
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// What `kiln plugins` shows, and a worker's `/plugins` answers: the
-/// plugins of `registry` and the files that failed to load into it.
-pub(crate) fn plugins_report(registry: &kiln_sandbox::Registry) -> serde_json::Value {
-    let plugins: Vec<_> = registry
-        .plugins()
-        .map(|p| {
-            serde_json::json!({
-                "name": p.name(),
-                "version": p.version().to_string(),
-                "path": p.path(),
-                "wasm_bytes": p.wasm_bytes(),
-                "cache": p.cache_state(),
-                "exports": exports(p),
-            })
-        })
-        .collect();
-    let errors: Vec<_> = registry.errors().iter().map(ToString::to_string).collect();
-    serde_json::json!({ "plugins": plugins, "errors": errors })
-}
-
-fn exports(p: &kiln_sandbox::Plugin) -> Vec<&'static str> {
-    if p.has_batch() {
-        vec!["plugin", "batch"]
-    } else {
-        vec!["plugin"]
-    }
 }
 
 fn precompile(config: KilnConfig, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -44,3 +44,31 @@ pub async fn load(config: &KilnConfig) -> anyhow::Result<(Sandbox, Arc<Registry>
         .with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
     Ok((sandbox, Arc::new(registry)))
 }
+
+/// What `kiln plugins` shows, and a worker's `/plugins` answers: the
+/// plugins of `registry` and the files that failed to load into it.
+pub fn plugins_report(registry: &Registry) -> serde_json::Value {
+    let plugins: Vec<_> = registry
+        .plugins()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name(),
+                "version": p.version().to_string(),
+                "path": p.path(),
+                "wasm_bytes": p.wasm_bytes(),
+                "cache": p.cache_state(),
+                "exports": exports(p),
+            })
+        })
+        .collect();
+    let errors: Vec<_> = registry.errors().iter().map(ToString::to_string).collect();
+    serde_json::json!({ "plugins": plugins, "errors": errors })
+}
+
+fn exports(p: &kiln_sandbox::Plugin) -> Vec<&'static str> {
+    if p.has_batch() {
+        vec!["plugin", "batch"]
+    } else {
+        vec!["plugin"]
+    }
+}

@@ -167,7 +167,7 @@ async fn serve_http(
         .route(
             "/plugins",
             get(move || {
-                let report = crate::cli::plugins_report(&served.load());
+                let report = crate::plugins_report(&served.load());
                 async move {
                     (
                         [(header::CONTENT_TYPE, "application/json")],
