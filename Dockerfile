@@ -27,11 +27,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cargo xtask plugins
 # The image's plugins and its read-only baked cache, compiled with the
 # image's own config so the cache keys match at run time. The writable
-# cache directory is created empty, owned by the runtime user.
+# cache directory is created empty, owned by the runtime user. Baked
+# entries stay owned by root and read-only, but readable by the runtime
+# user (`kiln precompile` writes them 0644; the chmod also covers files
+# an older Kiln wrote 0600), or every pod start would recompile them.
 RUN mkdir -p /out/plugins /out/cache /out/writable \
  && cp plugins/*.wasm /out/plugins/ \
  && target/release/kiln --config-file docker/kiln.toml --plugins /out/plugins \
-      precompile --out /out/cache
+      precompile --out /out/cache \
+ && chmod -R a+rX,go-w /out/plugins /out/cache
 
 # ---- the plugins image: busybox (for `cp`) and /plugins/*.wasm ----
 FROM ${PLUGINS_BASE_IMAGE} AS plugins

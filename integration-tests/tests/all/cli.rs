@@ -316,6 +316,68 @@ fn precompile_fills_a_baked_dir() {
     assert_eq!(stdout_json(&out)["plugins"][0]["cache"], "baked");
 }
 
+/// The image bakes its cache as root and runs as uid 65532: the baked
+/// entries must load for that user as they are, not be recompiled.
+#[test]
+fn baked_cache_loads_for_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: switching to uid 65532 needs root (CI runs as root)");
+        return;
+    }
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let plugins = plugin_dir(&["uppercase"]);
+    let root_cache = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let baked = image.path().join("baked");
+    let writable = image.path().join("writable");
+    std::fs::create_dir(&writable).unwrap();
+    let out = kiln(
+        plugins.path(),
+        root_cache.path(),
+        &["precompile", "--out", baked.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the image holds: directories anyone may enter, the binary, the
+    // plugins, and a writable cache the user owns; the baked files as
+    // `kiln precompile` wrote them.
+    let bin = image.path().join("kiln");
+    std::fs::copy(kiln_bin(), &bin).unwrap();
+    for dir in [image.path(), plugins.path(), &baked] {
+        open(dir, 0o755);
+    }
+    open(&writable, 0o777);
+    let config = image.path().join("kiln.toml");
+    std::fs::write(&config, format!("[sandbox.cache]\nbaked_dir = {baked:?}\n")).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65532", "--regid", "65532", "--clear-groups"])
+        .arg(&bin)
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache")
+        .arg(&writable)
+        .arg("--config-file")
+        .arg(&config)
+        .args(["plugins", "--json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout_json(&out)["plugins"][0]["cache"],
+        "baked",
+        "{stderr}"
+    );
+    assert!(!stderr.contains("rejected"), "{stderr}");
+}
+
 #[test]
 fn bad_config_exits_2_naming_the_key() {
     let plugins = plugin_dir(&["uppercase"]);

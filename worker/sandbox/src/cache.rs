@@ -256,8 +256,18 @@ fn write_entry(dir: &Path, key: &str, cwasm: &[u8]) -> std::io::Result<PathBuf> 
     Ok(path)
 }
 
+/// Writes `path` by a rename of a synced temporary file. The entry is
+/// world-readable (0644), like any file a build writes: a cache baked into
+/// an image as root must load for the image's unprivileged user, and every
+/// entry is verified by its digest before use anyway.
 fn atomic_write(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -356,6 +366,20 @@ mod tests {
             cache.load(&engine, Path::new("t.wasm"), &wasm).unwrap().1,
             CacheState::Hit
         );
+    }
+
+    /// Entries are world-readable, so a cache baked as root loads for the
+    /// image's unprivileged user.
+    #[cfg(unix)]
+    #[test]
+    fn entries_are_world_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_entry(dir.path(), "k", b"bytes").unwrap();
+        for file in [path.clone(), ComponentCache::sidecar_path(&path)] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{}", file.display());
+        }
     }
 
     #[test]
