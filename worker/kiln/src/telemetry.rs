@@ -26,6 +26,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -115,6 +116,13 @@ fn tracer_provider() -> Result<SdkTracerProvider, String> {
         .build())
 }
 
+/// Library targets whose events are dropped from logs and traces alike.
+/// lapin warns "Server returned us a message" with the whole returned
+/// message, body bytes included (1.7 KB of a job's output, and a second
+/// `message` key that breaks JSON log pipelines); Kiln logs each returned
+/// reply itself, with the job id, the routing key and the size only.
+pub const SILENCED_TARGETS: &[&str] = &["lapin::returned_messages"];
+
 /// Installs the global subscriber: logs, and the OpenTelemetry layer when
 /// [`export_requested`].
 pub fn init(log: &LogConfig) -> Telemetry {
@@ -129,6 +137,11 @@ pub fn init(log: &LogConfig) -> Telemetry {
         LogFormat::Json => true,
         LogFormat::Text => false,
     };
+    // Whatever `RUST_LOG` says, events that carry message bodies never
+    // reach a log line.
+    let filter = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        !SILENCED_TARGETS.contains(&meta.target())
+    }));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
         fmt.json().with_filter(filter).boxed()
@@ -145,7 +158,11 @@ pub fn init(log: &LogConfig) -> Telemetry {
     let traces = provider.as_ref().map(|p| {
         // The job and publish spans (kiln_broker), `kiln enqueue`'s root
         // span, and warnings and errors as span events.
-        let targets = Targets::new()
+        let targets = SILENCED_TARGETS
+            .iter()
+            .fold(Targets::new(), |t, target| {
+                t.with_target(*target, LevelFilter::OFF)
+            })
             .with_default(LevelFilter::WARN)
             .with_target("kiln_broker", LevelFilter::INFO)
             .with_target("kiln::cli", LevelFilter::INFO);
