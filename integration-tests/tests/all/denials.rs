@@ -144,9 +144,10 @@ async fn the_worker_counts_denials_per_plugin_and_capability() {
     let sandbox = sandbox(Limits::default());
     let registry = Arc::new(sandbox.load_dir(dir.path()).await.unwrap());
     let metrics = JobMetrics::new(&registry);
-    let pipeline = kiln::pipeline_for(&kiln::config::KilnConfig::default(), registry)
-        .with_metrics(metrics.clone());
-    let exposition = Exposition::new(&metrics, None, pipeline.shared_registry().clone());
+    let pipeline =
+        kiln::pipeline::Pipeline::from_config(&kiln::config::KilnConfig::default(), registry)
+            .with_metrics(metrics.clone());
+    let exposition = Exposition::new(&metrics, pipeline.shared_registry().clone());
 
     for body in [
         r#"{"job_id":"a","plugin":"hostile-snoop","input":"x"}"#,

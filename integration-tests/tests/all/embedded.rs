@@ -21,7 +21,7 @@ async fn retries_then_dead_letter_and_every_job_answered_once() {
     let mut kiln = KilnConfig::default();
     kiln.pipeline.max_attempts = 3;
     kiln.pipeline.initial_backoff_ms = 10;
-    let pipeline = Arc::new(kiln::pipeline_for(&kiln, registry));
+    let pipeline = Arc::new(kiln::pipeline::Pipeline::from_config(&kiln, registry));
 
     let mut jobs = String::new();
     for i in 0..200 {

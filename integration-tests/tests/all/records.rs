@@ -22,7 +22,7 @@ async fn pipeline() -> (Sandbox, Pipeline) {
     let mut kiln = KilnConfig::default();
     kiln.sandbox.limits.max_input_bytes = 1_000;
     kiln.pipeline.max_body_bytes = 10_000;
-    (sandbox, kiln::pipeline_for(&kiln, registry))
+    (sandbox, Pipeline::from_config(&kiln, registry))
 }
 
 /// Handles `body` as attempt `attempt` and checks the outcome.

@@ -4,26 +4,28 @@
 //! Two kinds of source: [`JobMetrics`], the per-job instruments the
 //! pipeline updates (a few atomic adds and a histogram observation per
 //! job) and the reloader updates, and values read only at scrape time by a
-//! collector: the broker's [`WorkerStats`] counters and the plugin registry
-//! serving now. Label values are bounded: a plugin label is the name of a
+//! collector: the plugin registry serving now, and whatever the worker
+//! wiring adds with [`Exposition::with_collector`] (the broker's counters,
+//! [`broker::BrokerCounters`], which this module does not know). Label
+//! values are bounded: a plugin label is the name of a
 //! plugin loaded at some point in the process's life (hot reload adds
 //! names; only the operator's plugin files do) or `unknown`, an outcome
 //! label is `ok` or an error kind of the outcome table, a capability label
 //! is one of [`kiln_sandbox::Capability::ALL`], and a reload result is `loaded`,
 //! `removed` or `failed`.
 
+pub mod broker;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use kiln_broker::WorkerStats;
 use kiln_protocol::ErrorKind;
 use kiln_sandbox::{Denials, Registry as Plugins};
 
-use crate::reload::SharedRegistry;
+use crate::plugins::SharedRegistry;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -292,13 +294,9 @@ impl Drop for InFlight {
     }
 }
 
-/// What is read at scrape time: the broker's counters and the plugins
-/// serving now.
+/// What is read at scrape time: the plugins serving now.
 #[derive(Debug)]
-struct ScrapeTime {
-    stats: Option<Arc<WorkerStats>>,
-    plugins: SharedRegistry,
-}
+struct PluginsNow(SharedRegistry);
 
 fn gauge(
     encoder: &mut DescriptorEncoder<'_>,
@@ -320,9 +318,9 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-impl Collector for ScrapeTime {
+impl Collector for PluginsNow {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let plugins = self.plugins.load();
+        let plugins = self.0.load();
         gauge(
             &mut encoder,
             "kiln_plugins_loaded",
@@ -335,38 +333,6 @@ impl Collector for ScrapeTime {
             "Plugin files in the plugins directory that failed to load and serve nothing new (a previous version may still serve).",
             plugins.errors().len(),
         )?;
-        let Some(stats) = &self.stats else {
-            return Ok(());
-        };
-        for (name, help, value) in [
-            (
-                "kiln_retries",
-                "Retries scheduled through the delay queues.",
-                &stats.retried,
-            ),
-            (
-                "kiln_dead_lettered",
-                "Jobs published to the dead-letter queue.",
-                &stats.dead_lettered,
-            ),
-            (
-                "kiln_amqp_reconnects",
-                "Broker sessions re-established after a lost connection, channel or consumer.",
-                &stats.reconnects,
-            ),
-            (
-                "kiln_jobs_acked",
-                "Deliveries acked after everything their outcome published was confirmed.",
-                &stats.acked,
-            ),
-            (
-                "kiln_replies_unroutable",
-                "Replies returned by the broker as unroutable (the reply queue was gone) and dropped.",
-                &stats.unroutable_replies,
-            ),
-        ] {
-            counter(&mut encoder, name, help, value.load(Relaxed))?;
-        }
         Ok(())
     }
 }
@@ -378,13 +344,8 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// A registry over `jobs`, the broker's `stats` (absent outside the
-    /// broker worker) and the registry serving now, `plugins`.
-    pub fn new(
-        jobs: &JobMetrics,
-        stats: Option<Arc<WorkerStats>>,
-        plugins: SharedRegistry,
-    ) -> Self {
+    /// A registry over `jobs` and the registry serving now, `plugins`.
+    pub fn new(jobs: &JobMetrics, plugins: SharedRegistry) -> Self {
         let mut registry = Registry::default();
         registry.register(
             "kiln_jobs",
@@ -446,8 +407,16 @@ impl Exposition {
             "Plugin files handled by hot reload, by result: `loaded` (swapped in), `removed` (drains), `failed` (the previous version keeps serving).",
             jobs.reloads.clone(),
         );
-        registry.register_collector(Box::new(ScrapeTime { stats, plugins }));
+        registry.register_collector(Box::new(PluginsNow(plugins)));
         Self { registry }
+    }
+
+    /// Adds values read at scrape time by `collector` (the broker worker's
+    /// [`broker::BrokerCounters`]).
+    #[must_use]
+    pub fn with_collector(mut self, collector: impl Collector) -> Self {
+        self.registry.register_collector(Box::new(collector));
+        self
     }
 
     /// The registry in the OpenMetrics text format.
@@ -478,15 +447,23 @@ mod tests {
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
+    /// A collector of one counter, as the worker wiring adds.
+    #[derive(Debug)]
+    struct Extra(u64);
+
+    impl Collector for Extra {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+            counter(&mut encoder, "kiln_test_extra", "A test counter.", self.0)
+        }
+    }
+
     #[test]
     fn renders_names_types_and_values() {
         let plugins = shared(Plugins::default());
         let jobs = JobMetrics::new(&plugins.load());
-        let stats = Arc::new(WorkerStats::default());
-        stats.retried.fetch_add(2, Relaxed);
-        stats.dead_lettered.fetch_add(1, Relaxed);
-        stats.reconnects.fetch_add(3, Relaxed);
-        let exposition = Exposition::new(&jobs, Some(stats.clone()), plugins);
+        // What the worker wiring adds (the broker's counters: see
+        // `broker.rs`) is rendered with the rest.
+        let exposition = Exposition::new(&jobs, plugins).with_collector(Extra(7));
         jobs.plugin_loaded(true);
         jobs.plugin_loaded(false);
         jobs.plugin_loaded(false);
@@ -540,9 +517,7 @@ mod tests {
                 1.0,
             ),
             ("kiln_jobs_in_flight", 1.0),
-            ("kiln_retries_total", 2.0),
-            ("kiln_dead_lettered_total", 1.0),
-            ("kiln_amqp_reconnects_total", 3.0),
+            ("kiln_test_extra_total", 7.0),
             ("kiln_plugins_loaded", 0.0),
             ("kiln_plugin_load_errors", 0.0),
             ("kiln_plugin_cache_hits_total", 1.0),
@@ -558,9 +533,7 @@ mod tests {
             ("kiln_job_fuel_consumed", "histogram"),
             ("kiln_plugin_instantiation_seconds", "histogram"),
             ("kiln_jobs_in_flight", "gauge"),
-            ("kiln_retries", "counter"),
-            ("kiln_dead_lettered", "counter"),
-            ("kiln_amqp_reconnects", "counter"),
+            ("kiln_test_extra", "counter"),
             ("kiln_plugins_loaded", "gauge"),
             ("kiln_plugin_cache_hits", "counter"),
             ("kiln_plugin_cache_misses", "counter"),
@@ -588,7 +561,7 @@ mod tests {
         use kiln_sandbox::{Capability, Denial};
         let plugins = shared(Plugins::default());
         let jobs = JobMetrics::new(&plugins.load());
-        let exposition = Exposition::new(&jobs, None, plugins);
+        let exposition = Exposition::new(&jobs, plugins);
         let mut denials = Denials::default();
         // More than the audit keeps: every one is counted.
         for _ in 0..100 {
@@ -625,7 +598,7 @@ mod tests {
     fn unknown_plugin_names_share_one_series() {
         let plugins = shared(Plugins::default());
         let jobs = JobMetrics::new(&plugins.load());
-        let exposition = Exposition::new(&jobs, None, plugins);
+        let exposition = Exposition::new(&jobs, plugins);
         for i in 0..1_000 {
             jobs.job_handled(
                 &format!("random-{i}"),
@@ -642,7 +615,7 @@ mod tests {
             series,
             ["kiln_jobs_total{plugin=\"unknown\",version=\"\",outcome=\"unknown-plugin\"} 1000"]
         );
-        // Without broker stats, the broker's counters are simply absent.
+        // Without the broker's collector, its counters are simply absent.
         assert!(!text.contains("kiln_retries"));
     }
 }

@@ -19,8 +19,9 @@ use kiln_protocol::{
 };
 use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
 
+use crate::config::KilnConfig;
 use crate::metrics::JobMetrics;
-use crate::reload::SharedRegistry;
+use crate::plugins::SharedRegistry;
 
 /// Decodes, runs and answers jobs against the plugins of a registry.
 #[derive(Debug)]
@@ -48,6 +49,19 @@ impl Pipeline {
             max_reply_bytes,
             metrics: None,
         }
+    }
+
+    /// The pipeline a config describes, over an already loaded registry.
+    pub fn from_config(config: &KilnConfig, registry: Arc<Registry>) -> Self {
+        Self::new(
+            registry,
+            DecodeLimits {
+                max_input_bytes: config.sandbox.limits.max_input_bytes,
+                max_body_bytes: config.pipeline.max_body_bytes,
+            },
+            config.pipeline.retry_policy(),
+            config.pipeline.max_reply_bytes,
+        )
     }
 
     /// Counts every job in `metrics` (`kiln worker`'s `/metrics`).

@@ -33,17 +33,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-use kiln_sandbox::{LoadError, Plugin, Registry, Sandbox, SandboxConfig, wasm_files};
+use kiln_sandbox::{LoadError, Plugin, Registry, Sandbox, wasm_files};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::config::ReloadConfig;
 use crate::metrics::JobMetrics;
-
-/// The registry serving jobs now. The pipeline loads it once per job (no
-/// lock is held while the job runs); the reloader stores its successor.
-pub type SharedRegistry = Arc<ArcSwap<Registry>>;
+use crate::plugins::SharedRegistry;
 
 /// Shortest time between two scans woken by watcher events: a large copy
 /// produces an event per write, and one scan per burst is enough.
@@ -109,21 +105,14 @@ struct Entry {
     pending: Option<(Fingerprint, Instant)>,
 }
 
-/// Where the reloader gets a [`Sandbox`] to load changed files with.
-#[derive(Debug)]
-pub enum SandboxSource {
-    /// The sandbox the first registry was loaded with (one engine).
-    Shared(Arc<Sandbox>),
-    /// Build one from this config at the first file that needs loading.
-    Lazy(Box<SandboxConfig>),
-}
-
 /// Watches the plugins directory and publishes new registries.
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
     config: ReloadConfig,
-    sandbox: SandboxSource,
+    /// The sandbox the first registry was loaded with (one engine, one
+    /// pool, one ticker).
+    sandbox: Arc<Sandbox>,
     current: SharedRegistry,
     metrics: Option<JobMetrics>,
     entries: BTreeMap<PathBuf, Entry>,
@@ -132,11 +121,12 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for `dir`, starting from the registry in `current` (its
-    /// plugins are reused until their files change).
+    /// plugins are reused until their files change), loading changed files
+    /// with `sandbox` (the one `current` was loaded with).
     pub fn new(
         dir: &Path,
         config: ReloadConfig,
-        sandbox: SandboxSource,
+        sandbox: Arc<Sandbox>,
         current: SharedRegistry,
     ) -> Self {
         let initial = current.load_full();
@@ -153,9 +143,9 @@ impl Reloader {
             entries.entry(path).or_default().serving = Some(served);
         }
         for error in initial.errors() {
-            let path = error_path(error).to_path_buf();
+            let path = error.path().to_path_buf();
             if let Some(fingerprint) = Fingerprint::of(&path) {
-                entries.entry(path).or_default().failed = Some((fingerprint, copy_error(error)));
+                entries.entry(path).or_default().failed = Some((fingerprint, error.clone()));
             }
         }
         Self {
@@ -343,10 +333,7 @@ impl Reloader {
 
     /// Loads a settled file. Returns whether the registry must change.
     async fn load(&mut self, path: &Path, fingerprint: Fingerprint) -> bool {
-        let result = match self.sandbox() {
-            Ok(sandbox) => sandbox.load_file(path).await,
-            Err(error) => Err(error),
-        };
+        let result = self.sandbox.load_file(path).await;
         let after = Fingerprint::of(path);
         let seq = self.next_seq;
         let Some(entry) = self.entries.get_mut(path) else {
@@ -410,7 +397,7 @@ impl Reloader {
             Err(error) => {
                 tracing::error!(
                     path = %path.display(),
-                    %error,
+                    error = %error.report(),
                     serving = serving.as_deref().unwrap_or("none"),
                     "plugin reload failed; the previous version (if any) keeps serving"
                 );
@@ -421,20 +408,6 @@ impl Reloader {
             }
         }
         true
-    }
-
-    /// The sandbox to load with, built on first use when lazy.
-    fn sandbox(&mut self) -> Result<Arc<Sandbox>, LoadError> {
-        let config = match &self.sandbox {
-            SandboxSource::Shared(sandbox) => return Ok(sandbox.clone()),
-            SandboxSource::Lazy(config) => SandboxConfig::clone(config),
-        };
-        let sandbox = Arc::new(Sandbox::new(config).map_err(|e| LoadError::Compile {
-            path: self.dir.clone(),
-            message: format!("cannot build the sandbox to reload with: {e}"),
-        })?);
-        self.sandbox = SandboxSource::Shared(sandbox.clone());
-        Ok(sandbox)
     }
 
     /// Builds the registry from what serves now and swaps it in.
@@ -448,7 +421,7 @@ impl Reloader {
         let errors = self
             .entries
             .values()
-            .filter_map(|e| e.failed.as_ref().map(|(_, error)| copy_error(error)));
+            .filter_map(|e| e.failed.as_ref().map(|(_, error)| error.clone()));
         let registry = Registry::from_parts(served.iter().map(|s| s.plugin.clone()), errors);
         if let Some(m) = &self.metrics {
             // Before the swap, so the first job of a new plugin is labelled.
@@ -520,75 +493,29 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The file a load error is about.
-fn error_path(error: &LoadError) -> &Path {
-    match error {
-        LoadError::Read { path, .. }
-        | LoadError::Compile { path, .. }
-        | LoadError::Manifest { path, .. }
-        | LoadError::Contract { path, .. }
-        | LoadError::World { path, .. }
-        | LoadError::Identity { path, .. } => path,
-    }
-}
-
-/// A copy of a load error (the I/O one keeps its kind and message), for
-/// each registry built while the file stays broken.
-fn copy_error(error: &LoadError) -> LoadError {
-    match error {
-        LoadError::Read { path, source } => LoadError::Read {
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        LoadError::Compile { path, message } => LoadError::Compile {
-            path: path.clone(),
-            message: message.clone(),
-        },
-        LoadError::Manifest { path, message } => LoadError::Manifest {
-            path: path.clone(),
-            message: message.clone(),
-        },
-        LoadError::Contract { path, message } => LoadError::Contract {
-            path: path.clone(),
-            message: message.clone(),
-        },
-        LoadError::World { path, message } => LoadError::World {
-            path: path.clone(),
-            message: message.clone(),
-        },
-        LoadError::Identity { path, message } => LoadError::Identity {
-            path: path.clone(),
-            message: message.clone(),
-        },
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn reloader(dir: &Path, settle_ms: u64) -> (Reloader, SharedRegistry) {
-        let mut sandbox = SandboxConfig {
+        let mut sandbox = kiln_sandbox::SandboxConfig {
             cache: kiln_sandbox::CacheConfig {
                 dir: None,
                 baked_dir: None,
             },
-            ..SandboxConfig::default()
+            ..kiln_sandbox::SandboxConfig::default()
         };
         sandbox.pool.max_instances = 2;
-        let current: SharedRegistry = Arc::new(ArcSwap::from_pointee(Registry::default()));
+        let sandbox = Arc::new(Sandbox::new(sandbox).unwrap());
+        let current: SharedRegistry =
+            Arc::new(arc_swap::ArcSwap::from_pointee(Registry::default()));
         let config = ReloadConfig {
             watch: false,
             settle_ms,
             poll_ms: 0,
         };
-        let reloader = Reloader::new(
-            dir,
-            config,
-            SandboxSource::Lazy(Box::new(sandbox)),
-            current.clone(),
-        );
+        let reloader = Reloader::new(dir, config, sandbox, current.clone());
         (reloader, current)
     }
 
@@ -632,16 +559,5 @@ mod tests {
         reloader.scan().await;
         assert!(errors(&current).is_empty());
         assert!(current.load().is_empty());
-    }
-
-    #[test]
-    fn copied_errors_keep_their_path_and_message() {
-        let error = LoadError::Read {
-            path: PathBuf::from("/p/a.wasm"),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
-        };
-        let copy = copy_error(&error);
-        assert_eq!(copy.to_string(), error.to_string());
-        assert_eq!(error_path(&copy), Path::new("/p/a.wasm"));
     }
 }

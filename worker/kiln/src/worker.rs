@@ -1,6 +1,8 @@
-//! `kiln worker`: the broker consumer of `kiln-broker` driving the
+//! `kiln worker`'s wiring: the broker consumer of `kiln-broker` driving the
 //! pipeline, hot reload of its plugins ([`crate::reload`]), the HTTP
-//! endpoints (`/healthz`, `/readyz`, `/metrics`), and signal handling.
+//! endpoints (`/healthz`, `/readyz`, `/plugins`, `/metrics`), and signal
+//! handling. With the pipeline, the one module where the broker and the
+//! sandbox meet.
 
 use std::sync::Arc;
 
@@ -10,9 +12,11 @@ use kiln_sandbox::{Registry, Sandbox};
 use tokio::sync::watch;
 
 use crate::config::KilnConfig;
+use crate::metrics::broker::BrokerCounters;
 use crate::metrics::{Exposition, JobMetrics};
 use crate::pipeline::Pipeline;
-use crate::reload::{Reloader, SandboxSource, SharedRegistry};
+use crate::plugins::{PluginsReport, SharedRegistry};
+use crate::reload::Reloader;
 
 impl JobHandler for Pipeline {
     async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
@@ -21,23 +25,13 @@ impl JobHandler for Pipeline {
 }
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
-/// then drains and returns. `trace` carries trace context through the AMQP
-/// headers (see [`crate::telemetry`]). Hot reload builds a sandbox of its
-/// own the first time a changed file needs loading; prefer
-/// [`run_with_sandbox`] with the sandbox `registry` was loaded with.
+/// then drains and returns. Hot reload loads changed plugins into
+/// `sandbox`, the one `registry` was loaded with (one engine, one pool, one
+/// ticker). `trace` carries trace context through the AMQP headers (see
+/// [`crate::telemetry`]).
 pub async fn run(
     config: &KilnConfig,
-    registry: Arc<Registry>,
-    trace: Arc<dyn TraceHeaders>,
-) -> anyhow::Result<()> {
-    run_with_sandbox(config, None, registry, trace).await
-}
-
-/// [`run`], with hot reload loading changed plugins into `sandbox` (the
-/// one `registry` was loaded with: one engine, one pool, one ticker).
-pub async fn run_with_sandbox(
-    config: &KilnConfig,
-    sandbox: Option<Arc<Sandbox>>,
+    sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     trace: Arc<dyn TraceHeaders>,
 ) -> anyhow::Result<()> {
@@ -46,17 +40,15 @@ pub async fn run_with_sandbox(
     if registry.is_empty() {
         tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready until one is");
     }
-    let pipeline = Arc::new(crate::pipeline_for(config, registry).with_metrics(jobs.clone()));
+    let pipeline = Arc::new(Pipeline::from_config(config, registry).with_metrics(jobs.clone()));
     let plugins = pipeline.shared_registry().clone();
     let topology = Topology::new(&config.amqp, pipeline.policy());
     let concurrency = config.pipeline.effective_concurrency();
     let worker =
         Worker::new(config.amqp.clone(), topology, pipeline, concurrency).with_trace_headers(trace);
-    let exposition = Arc::new(Exposition::new(
-        &jobs,
-        Some(worker.stats()),
-        plugins.clone(),
-    ));
+    let exposition = Arc::new(
+        Exposition::new(&jobs, plugins.clone()).with_collector(BrokerCounters::new(worker.stats())),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -64,14 +56,10 @@ pub async fn run_with_sandbox(
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "health and metrics endpoints listening");
-    let source = match sandbox {
-        Some(sandbox) => SandboxSource::Shared(sandbox),
-        None => SandboxSource::Lazy(Box::new(config.sandbox.clone())),
-    };
     let reloader = Reloader::new(
         &config.plugins_dir.0,
         config.reload.clone(),
-        source,
+        sandbox,
         plugins.clone(),
     )
     .with_metrics(jobs.clone())
@@ -167,12 +155,20 @@ async fn serve_http(
         .route(
             "/plugins",
             get(move || {
-                let report = crate::plugins_report(&served.load());
+                let report = serde_json::to_string(&PluginsReport::of(&served.load()));
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        report.to_string(),
-                    )
+                    match report {
+                        Ok(json) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            json,
+                        ),
+                        Err(error) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            format!("cannot write the plugins report: {error}"),
+                        ),
+                    }
                 }
             }),
         )

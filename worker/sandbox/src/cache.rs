@@ -32,7 +32,7 @@ use crate::config::CacheConfig;
 const CACHE_FORMAT: &str = "kiln-cwasm-v1";
 
 /// Where a component came from on this load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheState {
     /// Loaded from the read-only baked tier.
@@ -46,6 +46,17 @@ pub enum CacheState {
 }
 
 impl CacheState {
+    /// Its name, as serialized: `baked`, `hit`, `compiled` or
+    /// `compiled-in-memory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Baked => "baked",
+            Self::Hit => "hit",
+            Self::Compiled => "compiled",
+            Self::CompiledInMemory => "compiled-in-memory",
+        }
+    }
+
     /// Whether this load avoided a compile.
     pub fn is_hit(self) -> bool {
         matches!(self, Self::Baked | Self::Hit)
@@ -134,12 +145,13 @@ impl ComponentCache {
 
     /// Loads `wasm` (read from `origin`) as a component: from the baked tier,
     /// else the writable tier, else by compiling it and storing the result.
+    /// The error is wasmtime's, with its causes.
     pub fn load(
         &self,
         engine: &Engine,
         origin: &Path,
         wasm: &[u8],
-    ) -> Result<(Component, CacheState), String> {
+    ) -> wasmtime::Result<(Component, CacheState)> {
         let key = self.key(wasm);
         let tiers = [
             (self.baked.as_deref(), CacheState::Baked),
@@ -161,9 +173,7 @@ impl ComponentCache {
         }
 
         let started = std::time::Instant::now();
-        let cwasm = engine
-            .precompile_component(wasm)
-            .map_err(|e| format!("{e:#}"))?;
+        let cwasm = engine.precompile_component(wasm)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let state = match self.store(&key, &cwasm) {
             Ok(Some(path)) => {
@@ -179,8 +189,7 @@ impl ComponentCache {
         // SAFETY: these bytes were produced just now by this engine's
         // `precompile_component`; they never left this process.
         #[allow(unsafe_code)]
-        let component =
-            unsafe { Component::deserialize(engine, &cwasm) }.map_err(|e| format!("{e:#}"))?;
+        let component = unsafe { Component::deserialize(engine, &cwasm) }?;
         Ok((component, state))
     }
 

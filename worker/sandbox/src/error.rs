@@ -2,26 +2,38 @@
 //! a job ([`JobFailure`]). The worker maps a [`JobFailure`] onto the outcome
 //! table; this crate does not know that table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A cause kept as it came (shared, so a [`LoadError`] clones cheaply).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A plugin file that could not be loaded. The other plugins still load.
-#[derive(Debug, thiserror::Error)]
+///
+/// Cheap to clone: hot reload keeps a file's error in every registry it
+/// builds until the file changes. A variant with an underlying error keeps
+/// it as its [`source`](std::error::Error::source), and its message does not
+/// repeat it: show [`LoadError::report`] (the message and its causes) to
+/// users. The other variants' messages are Kiln's own description.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("plugin {path}: cannot read: {source}")]
+    #[error("plugin {path}: cannot read")]
     Read {
         /// The plugin file.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// The file is not a valid component, or wasmtime could not compile it.
-    #[error("plugin {path}: cannot compile: {message}")]
+    #[error("plugin {path}: cannot compile")]
     Compile {
         /// The plugin file.
         path: PathBuf,
-        /// What wasmtime said.
-        message: String,
+        /// What wasmtime said (with its own causes).
+        #[source]
+        source: Cause,
     },
     /// The plugin's manifest (`<stem>.toml`) is malformed, asks for more than
     /// the operator's caps, or names another plugin.
@@ -58,6 +70,34 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl LoadError {
+    /// The plugin file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. }
+            | Self::Compile { path, .. }
+            | Self::Manifest { path, .. }
+            | Self::Contract { path, .. }
+            | Self::World { path, .. }
+            | Self::Identity { path, .. } => path,
+        }
+    }
+
+    /// The message and every cause, `: `-joined, each said once: the one
+    /// line users are shown (logs, `kiln plugins`, a worker's `/plugins`).
+    pub fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            // Writing to a String cannot fail.
+            let _ = write!(text, ": {error}");
+            cause = error.source();
+        }
+        text
+    }
 }
 
 /// Why one job failed inside the sandbox. Each limit has its own variant.
@@ -150,4 +190,51 @@ pub enum SandboxError {
     /// The host functions could not be linked.
     #[error("cannot link host functions: {0}")]
     Link(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_says_every_cause_once() {
+        let error = LoadError::Read {
+            path: PathBuf::from("/p/a.wasm"),
+            source: Arc::new(std::io::Error::new(std::io::ErrorKind::NotFound, "gone")),
+        };
+        assert_eq!(error.to_string(), "plugin /p/a.wasm: cannot read");
+        assert_eq!(error.report(), "plugin /p/a.wasm: cannot read: gone");
+        assert_eq!(error.path(), Path::new("/p/a.wasm"));
+        // A clone shares the cause and says the same.
+        let copy = error.clone();
+        assert_eq!(copy.report(), error.report());
+        assert!(std::error::Error::source(&copy).is_some());
+    }
+
+    #[test]
+    fn a_compile_report_is_what_wasmtime_says_with_its_causes() {
+        let engine = wasmtime::Engine::default();
+        let Err(error) = engine.precompile_component(b"\0asm garbage") else {
+            panic!("garbage compiled");
+        };
+        let said = format!("{error:#}");
+        let error = LoadError::Compile {
+            path: PathBuf::from("/p/garbage.wasm"),
+            source: Arc::from(error.into_boxed_dyn_error()),
+        };
+        assert_eq!(
+            error.report(),
+            format!("plugin /p/garbage.wasm: cannot compile: {said}")
+        );
+    }
+
+    #[test]
+    fn a_description_is_said_once() {
+        let error = LoadError::Identity {
+            path: PathBuf::from("/p/a.wasm"),
+            message: "no name".into(),
+        };
+        assert_eq!(error.report(), "plugin /p/a.wasm: bad identity: no name");
+        assert_eq!(error.report(), error.to_string());
+    }
 }

@@ -34,7 +34,7 @@ pub use audit::{Capability, Denial, Denials, MAX_AUDITED};
 pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
 pub use engine::EPOCH_TICK;
-pub use error::{JobFailure, LoadError, PluginErrorKind, SandboxError};
+pub use error::{Cause, JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
 pub use registry::{Registry, ResolveError, canary_bucket, wasm_files};
 
@@ -126,17 +126,17 @@ impl Sandbox {
             .await
             .map_err(|source| LoadError::Read {
                 path: path.to_path_buf(),
-                source,
+                source: Arc::new(source),
             })?;
         let (engine, cache, owned) = (self.engine.clone(), self.cache.clone(), path.to_path_buf());
         let wasm_bytes = wasm.len() as u64;
         let compiled = tokio::task::spawn_blocking(move || cache.load(&engine, &owned, &wasm))
             .await
-            .map_err(|e| format!("compile task failed: {e}"))
+            .map_err(|e| wasmtime::Error::new(e).context("compile task failed"))
             .and_then(|r| r);
-        let (component, cache_state) = compiled.map_err(|message| LoadError::Compile {
+        let (component, cache_state) = compiled.map_err(|e| LoadError::Compile {
             path: path.to_path_buf(),
-            message,
+            source: Arc::from(e.into_boxed_dyn_error()),
         })?;
         let mut plugin = Plugin::prepare(plugin::Prepared {
             path,
@@ -168,7 +168,7 @@ impl Sandbox {
                     registry.insert(plugin);
                 }
                 Err(error) => {
-                    tracing::error!(path = %path.display(), %error, "plugin rejected");
+                    tracing::error!(path = %path.display(), error = %error.report(), "plugin rejected");
                     registry.push_error(error);
                 }
             }
