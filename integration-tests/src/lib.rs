@@ -1,7 +1,12 @@
 //! Shared helpers for Kiln's integration tests and benchmarks: where the
-//! built plugins are, and sandboxes with test limits.
+//! built plugins are, sandboxes with test limits, the `kiln` command, one
+//! lock to run a binary's tests one at a time, and (in [`broker`]) what the
+//! tests against the local RabbitMQ share.
+
+pub mod broker;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kiln_sandbox::{CacheConfig, JobContext, Limits, Plugin, Sandbox, SandboxConfig};
@@ -14,6 +19,48 @@ pub fn artifacts() -> PathBuf {
 /// Path of a built plugin, by crate name (`hostile-spin`).
 pub fn artifact(crate_name: &str) -> PathBuf {
     artifacts().join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// The `kiln` command line (this package's `kiln-under-test` binary).
+pub fn kiln() -> Command {
+    Command::new(kiln_exe())
+}
+
+/// Runs `cmd`, asserts that it succeeded (with its stderr in the
+/// message), and returns its stdout.
+#[allow(clippy::expect_used)]
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
+/// Where `kiln-under-test` is: `CARGO_BIN_EXE_kiln-under-test` when cargo
+/// set it for the running test, else beside the test or bench executable's
+/// directory (cargo puts those in `target/<profile>/deps`, and the
+/// package's binaries one level up).
+fn kiln_exe() -> PathBuf {
+    const NAME: &str = "kiln-under-test";
+    if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{NAME}")) {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(NAME)))
+        .unwrap_or_else(|| PathBuf::from(NAME))
+}
+
+/// Runs the tests of one binary that hold it one at a time: those that are
+/// timing-sensitive, or touch the whole broker. Each test has its own
+/// runtime, so the lock is a runtime-agnostic async one.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// A sandbox config with `limits`, a small pool and no cache directory.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_integration_tests::{config, ctx, plugin_dir};
+use kiln_integration_tests::{config, ctx, kiln, plugin_dir, stdout_of};
 use kiln_sandbox::{Caps, Limits, LoadError, Plugin, Sandbox};
 
 /// Writes `manifest` beside the copy of `crate_name` in a fresh plugins
@@ -27,6 +27,20 @@ fn sandbox_with(caps: Caps) -> Sandbox {
     let mut config = config(Limits::default());
     config.caps = caps;
     Sandbox::new(config).unwrap()
+}
+
+/// `hostile-spin` with `[limits]` `limits` in its manifest, in a sandbox
+/// whose operator raised the fuel cap, so the manifest may ask for more;
+/// with the sandbox and the plugins directory, to keep.
+async fn spin_with(manifest: &str, limits: &str) -> (Sandbox, tempfile::TempDir, Plugin) {
+    let sandbox = sandbox_with(Caps {
+        fuel: Some(1_000_000_000_000),
+        ..Caps::default()
+    });
+    let manifest =
+        format!("name = \"hostile-spin\"\nversion = \"1.0.0\"\n{manifest}[limits]\n{limits}");
+    let (dir, spin) = load_with(&sandbox, "hostile-spin", &manifest).await;
+    (sandbox, dir, spin.unwrap())
 }
 
 fn toml_path(path: &Path) -> String {
@@ -106,19 +120,8 @@ async fn manifests_beyond_the_caps_or_naming_another_plugin_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_limits_and_config_apply_to_the_plugin() {
-    // The operator raises the fuel cap, so the manifest may ask for more.
-    let sandbox = sandbox_with(Caps {
-        fuel: Some(1_000_000_000_000),
-        ..Caps::default()
-    });
-    let (_dir, spin) = load_with(
-        &sandbox,
-        "hostile-spin",
-        "name = \"hostile-spin\"\nversion = \"1.0.0\"\ndescription = \"spins\"\n\
-         [limits]\ntimeout_ms = 200\nfuel = 1000000000000\n",
-    )
-    .await;
-    let spin = spin.unwrap();
+    let limits = "timeout_ms = 200\nfuel = 1000000000000\n";
+    let (sandbox, _dir, spin) = spin_with("description = \"spins\"\n", limits).await;
     assert_eq!(spin.description(), "spins");
     assert_eq!(spin.limits().timeout_ms, 200);
     let started = Instant::now();
@@ -167,19 +170,9 @@ async fn manifest_limits_and_config_apply_to_the_plugin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_concurrency_makes_jobs_of_that_plugin_take_turns() {
-    // The operator raises the fuel cap, so the manifest may ask for more.
-    let sandbox = sandbox_with(Caps {
-        fuel: Some(1_000_000_000_000),
-        ..Caps::default()
-    });
-    let (_dir, spin) = load_with(
-        &sandbox,
-        "hostile-spin",
-        "name = \"hostile-spin\"\nversion = \"1.0.0\"\n\
-         [limits]\ntimeout_ms = 300\nfuel = 1000000000000\nmax_concurrency = 1\n",
-    )
-    .await;
-    let spin = std::sync::Arc::new(spin.unwrap());
+    let limits = "timeout_ms = 300\nfuel = 1000000000000\nmax_concurrency = 1\n";
+    let (_sandbox, _dir, spin) = spin_with("", limits).await;
+    let spin = std::sync::Arc::new(spin);
     let started = Instant::now();
     let jobs: Vec<_> = (0..2)
         .map(|i| {
@@ -252,21 +245,15 @@ fn canary_split_through_kiln_run() {
         .map(|i| format!(r#"{{"job_id":"c{i}","plugin":"versioned","input":"x"}}"#))
         .collect();
     std::fs::write(&jobs, lines.join("\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-under-test"))
-        .arg("--plugins")
-        .arg(dir.path())
-        .arg("--cache")
-        .arg(work.path())
-        .args(["run", "--jobs", jobs.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        kiln()
+            .arg("--plugins")
+            .arg(dir.path())
+            .arg("--cache")
+            .arg(work.path())
+            .args(["run", "--jobs", jobs.to_str().unwrap()]),
     );
-    let replies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let replies: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -1,47 +1,37 @@
 //! `kiln worker` and `kiln enqueue` against the real local RabbitMQ
 //! (127.0.0.1:5672, guest/guest; `.ci/run` starts it). Every test uses its
-//! own uniquely named queues and deletes them at the end.
+//! own uniquely named queues, behind a `TestQueue` that deletes them when
+//! the test ends, whether it passed or not.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use support::{Broker, WorkerProc, job, unique};
+use kiln_integration_tests::broker::{
+    self, Broker, Received, Replies, TestQueue, WorkerProc, job, queue_exists, unique,
+};
+use kiln_integration_tests::{kiln, stdout_of};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_with_correlation_ids_and_batches() {
-    let q = unique("roundtrip");
+    let q = TestQueue::new("roundtrip");
     let worker = WorkerProc::spawn(&q, &[]).await;
     let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
     for i in 0..50 {
-        broker
-            .publish(
-                &q,
-                job(&format!("j{i}"), "uppercase", &format!("hello {i}")),
-                Some(&replies.name),
-                Some(&format!("c-{i}")),
-            )
-            .await;
+        let body = job(&format!("j{i}"), "uppercase", &format!("hello {i}"));
+        broker.ask(&q, body, &replies, &format!("c-{i}")).await;
     }
     let batch = serde_json::json!({"job_id": "b", "plugin": "wordcount", "inputs": ["a b", "c"]});
-    broker
-        .publish(
-            &q,
-            serde_json::to_vec(&batch).unwrap(),
-            Some(&replies.name),
-            Some("c-batch"),
-        )
-        .await;
+    let batch = serde_json::to_vec(&batch).unwrap();
+    broker.ask(&q, batch, &replies, "c-batch").await;
 
     let got = replies.take(51, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 51);
     for r in &got {
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
-        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let body = r.json();
         let correlation = r.correlation_id.as_deref().unwrap();
         if correlation == "c-batch" {
             assert_eq!(body["status"], "ok");
@@ -53,93 +43,54 @@ async fn round_trip_with_correlation_ids_and_batches() {
         }
     }
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_reply_to_goes_to_the_results_queue() {
-    let q = unique("results");
+    let q = TestQueue::new("results");
     let worker = WorkerProc::spawn(&q, &[]).await;
     let broker = Broker::connect().await;
     broker
         .publish(&q, job("r1", "reverse", "abc"), None, Some("c1"))
         .await;
-    let got = broker
-        .drain(&format!("{q}.results"), 1, Duration::from_secs(20))
-        .await;
+    let got = broker.drain(&q.results(), 1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
-    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
-    assert_eq!(body["output"], "cba");
+    assert_eq!(got[0].json()["output"], "cba");
     assert_eq!(got[0].correlation_id.as_deref(), Some("c1"));
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
-    let q = unique("errors");
+    let q = TestQueue::new("errors");
     let worker = WorkerProc::spawn(&q, &[]).await;
     let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
+    let huge = serde_json::json!({
+        "job_id": "h", "plugin": "hostile-hugeout", "input": "x", "config": {"bytes": "9000000"}
+    });
+    // (body, correlation, error kind, dead-lettered)
+    #[rustfmt::skip]
     let cases: Vec<(Vec<u8>, &str, &str, bool)> = vec![
         (b"\xff\xfe".to_vec(), "utf8", "bad-request", true),
         (b"not json".to_vec(), "json", "bad-request", true),
-        (
-            job("u", "no-such-plugin", "x"),
-            "unknown",
-            "unknown-plugin",
-            true,
-        ),
-        (
-            br#"{"job_id":"v","plugin":"uppercase","version":"^9","input":"x"}"#.to_vec(),
-            "version",
-            "version-mismatch",
-            true,
-        ),
+        (job("u", "no-such-plugin", "x"), "unknown", "unknown-plugin", true),
+        (br#"{"job_id":"v","plugin":"uppercase","version":"^9","input":"x"}"#.to_vec(), "version", "version-mismatch", true),
         (job("e", "reverse", ""), "invalid", "invalid-input", false),
-        (
-            job("m", "hostile-membomb", "x"),
-            "bomb",
-            "memory-limit",
-            false,
-        ),
+        (job("m", "hostile-membomb", "x"), "bomb", "memory-limit", false),
         (job("p", "hostile-panic", "x"), "panic", "trap", false),
-        (
-            fail_job("uf", "unsupported-format"),
-            "unsupported",
-            "unsupported-format",
-            false,
-        ),
-        (
-            fail_job("ie", "internal-error"),
-            "plugin-internal",
-            "internal-error",
-            false,
-        ),
+        (fail_job("uf", "unsupported-format"), "unsupported", "unsupported-format", false),
+        (fail_job("ie", "internal-error"), "plugin-internal", "internal-error", false),
         (job("big", "uppercase", &"x".repeat(5 << 20)), "big", "payload-too-large", true),
-        (
-            serde_json::to_vec(&serde_json::json!({
-                "job_id": "h", "plugin": "hostile-hugeout", "input": "x", "config": {"bytes": "9000000"}
-            }))
-            .unwrap(),
-            "huge",
-            "output-too-large",
-            false,
-        ),
+        (serde_json::to_vec(&huge).unwrap(), "huge", "output-too-large", false),
     ];
     for (body, correlation, _, _) in &cases {
-        broker
-            .publish(&q, body.clone(), Some(&replies.name), Some(correlation))
-            .await;
+        broker.ask(&q, body.clone(), &replies, correlation).await;
     }
     let got = replies.take(cases.len(), Duration::from_secs(30)).await;
     assert_eq!(got.len(), cases.len());
     for (_, correlation, kind, _) in &cases {
-        let reply = got
-            .iter()
-            .find(|r| r.correlation_id.as_deref() == Some(correlation))
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let body = reply_to(&got, correlation).json();
         assert_eq!(body["status"], "error", "{correlation}");
         assert_eq!(body["error"]["kind"], *kind, "{correlation}: {body}");
     }
@@ -149,9 +100,7 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
         4,
         "bad-request twice, unknown-plugin, version-mismatch, payload-too-large"
     );
-    let dead = broker
-        .drain(&format!("{q}.dead"), 5, Duration::from_secs(10))
-        .await;
+    let dead = broker.drain(&q.dead(), 5, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 5);
     let kinds: HashSet<String> = dead
         .iter()
@@ -166,7 +115,6 @@ async fn errors_end_to_end_and_malformed_messages_dead_lettered_with_reason() {
             .all(|d| !d.header("x-kiln-error-message").unwrap().is_empty())
     );
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 /// A job for `hostile-fail`, which returns the plugin error `kind`.
@@ -177,9 +125,27 @@ fn fail_job(id: &str, kind: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// The reply in `got` with `correlation`.
+fn reply_to<'a>(got: &'a [Received], correlation: &str) -> &'a Received {
+    got.iter()
+        .find(|r| r.correlation_id.as_deref() == Some(correlation))
+        .unwrap_or_else(|| panic!("no reply with correlation id {correlation}"))
+}
+
+/// Takes the one dead letter of `q` and checks that it gave up after
+/// three attempts, with the error `kind`.
+async fn one_dead_letter(broker: &Broker, q: &TestQueue, kind: &str) -> Received {
+    let mut dead = broker.drain(&q.dead(), 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    let dead = dead.remove(0);
+    assert_eq!(dead.header("x-kiln-attempt").as_deref(), Some("3"));
+    assert_eq!(dead.header("x-kiln-error-kind").as_deref(), Some(kind));
+    dead
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
-    let q = unique("pool");
+    let q = TestQueue::new("pool");
     // One instance in the pool, held by a spinning job for 4 s.
     let worker = WorkerProc::spawn_with(
         &q,
@@ -199,18 +165,12 @@ async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
         .publish(&q, job("spin", "hostile-spin", "x"), None, None)
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    broker
-        .publish(
-            &q,
-            job("crowded", "uppercase", "x"),
-            Some(&replies.name),
-            Some("c-crowded"),
-        )
-        .await;
+    let crowded = job("crowded", "uppercase", "x");
+    broker.ask(&q, crowded, &replies, "c-crowded").await;
     // Three attempts, 100 ms and 400 ms apart, all while the spinner runs.
     let got = replies.take(1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1);
-    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    let body = got[0].json();
     assert_eq!(body["job_id"], "crowded");
     assert_eq!(body["error"]["kind"], "internal", "{body}");
     assert!(
@@ -219,23 +179,14 @@ async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
             .is_some_and(|m| m.contains("pool")),
         "{body}"
     );
-    let dead = broker
-        .drain(&format!("{q}.dead"), 1, Duration::from_secs(10))
-        .await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].job_id(), "crowded");
-    assert_eq!(dead[0].header("x-kiln-attempt").as_deref(), Some("3"));
-    assert_eq!(
-        dead[0].header("x-kiln-error-kind").as_deref(),
-        Some("internal")
-    );
+    let dead = one_dead_letter(&broker, &q, "internal").await;
+    assert_eq!(dead.job_id(), "crowded");
     drop(worker);
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timeouts_retry_with_backoff_then_dead_letter() {
-    let q = unique("retry");
+    let q = TestQueue::new("retry");
     let worker = WorkerProc::spawn(
         &q,
         &[
@@ -247,103 +198,95 @@ async fn timeouts_retry_with_backoff_then_dead_letter() {
     let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
     let started = std::time::Instant::now();
+    let spin = job("spin", "hostile-spin", "x");
+    broker.ask(&q, spin, &replies, "c-spin").await;
     broker
-        .publish(
-            &q,
-            job("spin", "hostile-spin", "x"),
-            Some(&replies.name),
-            Some("c-spin"),
-        )
-        .await;
-    broker
-        .publish(
-            &q,
-            job("fine", "uppercase", "x"),
-            Some(&replies.name),
-            Some("c-fine"),
-        )
+        .ask(&q, job("fine", "uppercase", "x"), &replies, "c-fine")
         .await;
     let got = replies.take(2, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 2, "one reply per job: retries are silent");
-    let spin = got
-        .iter()
-        .find(|r| r.correlation_id.as_deref() == Some("c-spin"))
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&spin.body).unwrap();
-    assert_eq!(body["error"]["kind"], "timeout");
+    assert_eq!(reply_to(&got, "c-spin").json()["error"]["kind"], "timeout");
     // Three attempts with 200 ms then 800 ms between them.
     assert!(
         started.elapsed() >= Duration::from_millis(1_000),
         "{:?}",
         started.elapsed()
     );
-    let dead = broker
-        .drain(&format!("{q}.dead"), 1, Duration::from_secs(10))
-        .await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].header("x-kiln-attempt").as_deref(), Some("3"));
-    assert_eq!(
-        dead[0].header("x-kiln-error-kind").as_deref(),
-        Some("timeout")
-    );
+    one_dead_letter(&broker, &q, "timeout").await;
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
-/// Publishes `n` uppercase jobs and returns their ids.
-async fn publish_stream(broker: &Broker, q: &str, reply_to: &str, n: usize) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let bodies: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let id = format!("s{i}");
-            let body = job(&id, "uppercase", &"x".repeat(200));
-            (id, body)
-        })
-        .collect();
-    broker.publish_many(q, &bodies, reply_to).await;
-    ids.extend(bodies.into_iter().map(|(id, _)| id));
-    ids
+/// A worker busy with a stream of uppercase jobs whose replies come back on
+/// a reply queue. Its fields drop in order: the worker before its queues.
+struct Busy {
+    worker: WorkerProc,
+    replies: Replies,
+    _broker: Broker,
+    /// Every job of the stream.
+    ids: HashSet<String>,
+    /// The replies taken by [`Busy::start`].
+    first: Vec<Received>,
+    q: TestQueue,
+}
+
+impl Busy {
+    /// Starts a worker on a fresh queue `name`, publishes `n` jobs (confirms
+    /// awaited at the end) and takes the first `answered` replies.
+    async fn start(name: &str, n: usize, answered: usize) -> Self {
+        let q = TestQueue::new(name);
+        let broker = Broker::connect().await;
+        let replies = broker.reply_queue().await;
+        let worker = WorkerProc::spawn(&q, &[]).await;
+        let jobs: Vec<(String, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let id = format!("s{i}");
+                let body = job(&id, "uppercase", &"x".repeat(200));
+                (id, body)
+            })
+            .collect();
+        broker.publish_many(&q, &jobs, &replies.name).await;
+        let first = replies.take(answered, Duration::from_secs(60)).await;
+        Self {
+            worker,
+            ids: jobs.into_iter().map(|(id, _)| id).collect(),
+            first,
+            replies,
+            _broker: broker,
+            q,
+        }
+    }
+
+    /// Asserts that every job of the stream is answered, once.
+    async fn assert_none_lost(&self) {
+        self.replies
+            .assert_all_answered(&self.ids, &self.first, Duration::from_secs(120))
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
-    let q = unique("kill9");
-    let broker = Broker::connect().await;
-    let replies = broker.reply_queue().await;
-    let mut worker = WorkerProc::spawn(&q, &[]).await;
-    let ids = publish_stream(&broker, &q, &replies.name, 10_000).await;
-    let first = replies.take(2_000, Duration::from_secs(60)).await;
-    worker.kill9();
-    let worker = WorkerProc::spawn(&q, &[]).await;
-    replies
-        .assert_all_answered(&ids, &first, Duration::from_secs(120))
-        .await;
-    worker.stop().await;
-    broker.delete_all(&q).await;
+    let mut busy = Busy::start("kill9", 10_000, 2_000).await;
+    busy.worker.kill9();
+    busy.worker = WorkerProc::spawn(&busy.q, &[]).await;
+    busy.assert_none_lost().await;
+    busy.worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_busy_finishes_in_flight_and_exits_0() {
-    let q = unique("sigterm");
-    let broker = Broker::connect().await;
-    let replies = broker.reply_queue().await;
-    let worker = WorkerProc::spawn(&q, &[]).await;
-    let ids = publish_stream(&broker, &q, &replies.name, 3_000).await;
-    let first = replies.take(300, Duration::from_secs(60)).await;
-    let status = worker.stop().await;
+    let mut busy = Busy::start("sigterm", 3_000, 300).await;
+    let status = busy.worker.stop().await;
     assert_eq!(status.code(), Some(0));
     // Nothing was lost: a new worker answers the rest.
-    let worker = WorkerProc::spawn(&q, &[]).await;
-    replies
-        .assert_all_answered(&ids, &first, Duration::from_secs(120))
-        .await;
-    worker.stop().await;
-    broker.delete_all(&q).await;
+    busy.worker = WorkerProc::spawn(&busy.q, &[]).await;
+    busy.assert_none_lost().await;
+    busy.worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_draining_worker_is_live_but_not_ready() {
-    let q = unique("drain");
+    let q = TestQueue::new("drain");
     let worker = WorkerProc::spawn(
         &q,
         &[
@@ -374,37 +317,28 @@ async fn a_draining_worker_is_live_but_not_ready() {
         waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
         "{waited:?}"
     );
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_closed_by_the_broker_reconnects_and_loses_nothing() {
-    let q = unique("closeconn");
-    let broker = Broker::connect().await;
-    let replies = broker.reply_queue().await;
-    let worker = WorkerProc::spawn(&q, &[]).await;
-    let ids = publish_stream(&broker, &q, &replies.name, 5_000).await;
-    let first = replies.take(500, Duration::from_secs(60)).await;
-    support::close_connection(&worker.connection_name);
+    let busy = Busy::start("closeconn", 5_000, 500).await;
+    broker::close_connection(&busy.worker.connection_name);
     // Not ready while disconnected, ready again after the reconnect.
     assert!(
-        worker.wait_ready(false, Duration::from_secs(10)).await,
+        busy.worker.wait_ready(false, Duration::from_secs(10)).await,
         "readyz stayed true during the outage"
     );
     assert!(
-        worker.wait_ready(true, Duration::from_secs(30)).await,
+        busy.worker.wait_ready(true, Duration::from_secs(30)).await,
         "worker did not come back"
     );
-    replies
-        .assert_all_answered(&ids, &first, Duration::from_secs(120))
-        .await;
-    worker.stop().await;
-    broker.delete_all(&q).await;
+    busy.assert_none_lost().await;
+    busy.worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enqueue_wait_end_to_end_and_resumed_after_sigkill() {
-    let q = unique("enqueue");
+    let q = TestQueue::new("enqueue");
     let worker = WorkerProc::spawn(&q, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
@@ -420,14 +354,14 @@ async fn enqueue_wait_end_to_end_and_resumed_after_sigkill() {
     let out = dir.path().join("replies.jsonl");
 
     // First run: killed halfway through.
-    let mut first = support::enqueue(&q, &jobs, &out).spawn().unwrap();
-    let killed_at = support::wait_for_lines(&out, 3_000, Duration::from_secs(60)).await;
+    let mut first = broker::enqueue(&q, &jobs, &out).spawn().unwrap();
+    let killed_at = broker::wait_for_lines(&out, 3_000, Duration::from_secs(60)).await;
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(killed_at < 10_000, "the first run should not have finished");
 
     // Re-run: exactly one row per job, none lost, none twice.
-    let status = support::enqueue(&q, &jobs, &out).status().unwrap();
+    let status = broker::enqueue(&q, &jobs, &out).status().unwrap();
     assert!(status.success());
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
         .unwrap()
@@ -438,34 +372,27 @@ async fn enqueue_wait_end_to_end_and_resumed_after_sigkill() {
     assert_eq!(rows.len(), 10_000);
     assert_eq!(unique_ids.len(), 10_000);
     worker.stop().await;
-    Broker::connect().await.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fuel_exhaustion_end_to_end() {
-    let q = unique("fuel");
+    let q = TestQueue::new("fuel");
     let worker = WorkerProc::spawn(&q, &[("KILN__SANDBOX__LIMITS__FUEL", "1000000")]).await;
     let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
     broker
-        .publish(
-            &q,
-            job("f", "hostile-spin", "x"),
-            Some(&replies.name),
-            Some("f"),
-        )
+        .ask(&q, job("f", "hostile-spin", "x"), &replies, "f")
         .await;
     let got = replies.take(1, Duration::from_secs(20)).await;
-    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    let body = got[0].json();
     assert_eq!(body["error"]["kind"], "fuel-exhausted");
     assert_eq!(body["error"]["source"], "host");
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dlq_list_and_replay_after_a_fix() {
-    let q = unique("dlq");
+    let q = TestQueue::new("dlq");
     // The first worker lacks `reverse`: its jobs are dead-lettered.
     let worker = WorkerProc::spawn_with(&q, &["uppercase"], &[]).await;
     let broker = Broker::connect().await;
@@ -489,17 +416,11 @@ async fn dlq_list_and_replay_after_a_fix() {
     worker.stop().await;
 
     let list = |args: &[&str]| {
-        let out = support::kiln()
-            .args(["dlq", "--amqp-url", support::URL, "--queue", &q])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(
+            kiln()
+                .args(["dlq", "--amqp-url", broker::URL, "--queue", &q])
+                .args(args),
+        )
     };
     let listed: Vec<serde_json::Value> = list(&["list", "--json"])
         .lines()
@@ -526,16 +447,10 @@ async fn dlq_list_and_replay_after_a_fix() {
     let got = replies.take(2, Duration::from_secs(20)).await;
     let outputs: HashSet<String> = got
         .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["output"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|r| r.json()["output"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(outputs, HashSet::from(["cba".to_owned(), "zyx".to_owned()]));
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 /// Many tasks on several threads publish on one `Publisher`, half of them
@@ -549,21 +464,17 @@ async fn dlq_list_and_replay_after_a_fix() {
 async fn concurrent_publishes_on_one_channel_are_each_confirmed_and_returns_counted() {
     use kiln_broker::Publisher;
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::{FieldTable, ShortString};
+    use lapin::types::ShortString;
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-    let conn = Connection::connect(support::URL, ConnectionProperties::default())
+    let conn = Connection::connect(broker::URL, ConnectionProperties::default())
         .await
         .unwrap();
     let admin = conn.create_channel().await.unwrap();
-    let present = unique("confirms");
+    // Deleted below, where the count is checked; the guard is for a failure.
+    let present = TestQueue::new("confirms");
     let missing = unique("confirms-missing");
-    admin
-        .queue_declare(
-            ShortString::from(present.clone()),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    broker::declare(&admin, &present, QueueDeclareOptions::default())
         .await
         .unwrap();
     let publisher = Publisher::start(conn.create_channel().await.unwrap())
@@ -573,7 +484,7 @@ async fn concurrent_publishes_on_one_channel_are_each_confirmed_and_returns_coun
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..4_000_u32 {
         let publisher = publisher.clone();
-        let to = if i % 2 == 0 { &present } else { &missing }.clone();
+        let to = if i % 2 == 0 { present.name() } else { &missing }.to_owned();
         tasks.spawn(async move {
             let body = i.to_string().into_bytes();
             publisher
@@ -590,11 +501,50 @@ async fn concurrent_publishes_on_one_channel_are_each_confirmed_and_returns_coun
         }
     }
     let stored = admin
-        .queue_delete(ShortString::from(present), QueueDeleteOptions::default())
+        .queue_delete(
+            ShortString::from(present.name()),
+            QueueDeleteOptions::default(),
+        )
         .await
         .unwrap();
     returned.sort_unstable();
     let odd: Vec<u32> = (0..4_000).filter(|i| i % 2 == 1).collect();
     assert_eq!(returned, odd, "every unroutable publish is returned once");
     assert_eq!(stored, 2_000, "every routable publish is stored once");
+}
+
+/// A test that panics with its `TestQueue` alive leaves none of its queues
+/// behind: the guard deletes them while the test unwinds, here on a
+/// current-thread runtime, whose one thread `Drop` must not need.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_test_leaves_no_queues_behind() {
+    let (names_tx, names_rx) = tokio::sync::oneshot::channel();
+    let failed = tokio::spawn(async move {
+        let q = TestQueue::new("guard");
+        let replies = q.durable_reply_queue().await;
+        // Every queue a worker declares, as it declares them; the worker is
+        // still running when the test fails (it goes first: declared later).
+        let _worker = WorkerProc::spawn_with(&q, &["uppercase"], &[]).await;
+        let names = q.all();
+        let declared = [
+            q.name().to_owned(),
+            q.results(),
+            q.dead(),
+            format!("{q}.retry.1"),
+            format!("{q}.retry.2"),
+            replies,
+        ];
+        for name in &declared {
+            assert!(names.contains(name), "{name} not in {names:?}");
+            assert!(queue_exists(name).await, "{name} was not declared");
+        }
+        names_tx.send(names).unwrap();
+        panic!("a test fails with its queues declared");
+    })
+    .await;
+    assert!(failed.unwrap_err().is_panic());
+    let names = names_rx.await.unwrap();
+    for name in &names {
+        assert!(!queue_exists(name).await, "{name} was left behind");
+    }
 }

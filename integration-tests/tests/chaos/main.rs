@@ -8,53 +8,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-// Shared with the broker tests; this binary uses part of it.
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::HashSet;
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
+use kiln_integration_tests::broker::{
+    Broker, Received, TestQueue, URL, WorkerProc, consume, job, queue_exists, rabbitmqctl,
 };
-use lapin::types::{FieldTable, ShortString};
+use kiln_integration_tests::serial;
+use lapin::options::BasicAckOptions;
 use lapin::{Connection, ConnectionProperties};
-use support::{Broker, URL, WorkerProc, unique};
-use tokio::sync::{Mutex, MutexGuard};
 
-async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .arg("-q")
-        .status()
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl {args:?}");
-}
-
-fn plugin_job(id: &str, plugin: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"job_id": id, "plugin": plugin, "input": "x"})).unwrap()
-}
-
-fn job(id: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &serde_json::json!({"job_id": id, "plugin": "uppercase", "input": "x".repeat(200)}),
-    )
-    .unwrap()
-}
-
-/// Publishes `n` jobs whose replies go to the durable queue `replies`, on a
-/// connection of its own (a blocked publisher must not block the reader).
+/// Publishes uppercase jobs `ids` whose replies go to the durable queue
+/// `replies`, on a connection of its own (a blocked publisher must not
+/// block the reader).
 async fn publish(queue: &str, replies: &str, ids: impl Iterator<Item = String>) -> HashSet<String> {
-    let jobs: Vec<(String, Vec<u8>)> = ids.map(|id| (id.clone(), job(&id))).collect();
+    let input = "x".repeat(200);
+    let jobs: Vec<(String, Vec<u8>)> = ids
+        .map(|id| (id.clone(), job(&id, "uppercase", &input)))
+        .collect();
     let broker = Broker::connect().await;
     broker.publish_many(queue, &jobs, replies).await;
     broker.close().await;
@@ -96,15 +69,6 @@ async fn assert_none_lost(
     assert!(missing.is_empty(), "lost jobs, e.g. {missing:?}");
 }
 
-/// Stops `worker` and deletes the jobs queue `q` (and those derived from
-/// it) and the durable queue `replies`; returns how the worker exited.
-async fn stop_and_clean_up(worker: WorkerProc, q: &str, replies: &str) -> ExitStatus {
-    let status = worker.stop().await;
-    Broker::connect().await.delete_all(q).await;
-    delete_queue(replies).await;
-    status
-}
-
 /// Collects reply job ids from the durable queue `replies` until `want` are
 /// all seen or `timeout` passes, reconnecting whenever the broker goes away.
 async fn collect(
@@ -122,15 +86,7 @@ async fn collect(
         let Ok(ch) = conn.create_channel().await else {
             continue;
         };
-        let Ok(mut consumer) = ch
-            .basic_consume(
-                ShortString::from(replies.to_owned()),
-                ShortString::from(unique("c")),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        else {
+        let Ok(mut consumer) = consume(&ch, replies).await else {
             continue;
         };
         while !want.is_subset(seen) {
@@ -149,66 +105,21 @@ async fn collect(
     }
 }
 
-async fn durable_reply_queue() -> String {
-    let name = unique("durable-replies");
-    let conn = Connection::connect(URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        ShortString::from(name.clone()),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, ShortString::from("done")).await;
-    name
-}
-
-async fn delete_queue(name: &str) {
-    let conn = Connection::connect(URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let _ = ch
-        .queue_delete(
-            ShortString::from(name.to_owned()),
-            QueueDeleteOptions::default(),
-        )
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_queue_deleted_and_redeclared_mid_stream() {
     let _serial = serial().await;
-    let q = unique("deleted");
-    let replies = durable_reply_queue().await;
+    let q = TestQueue::new("deleted");
+    let replies = q.durable_reply_queue().await;
     let worker = WorkerProc::spawn(&q, &[]).await;
     let (first, mut seen) = publish_under_way(&q, &replies, "a", 2_000, 10).await;
 
     // Deleting the queue cancels the consumer (basic.cancel) and drops
     // whatever it held: the worker must notice, re-declare and resume.
-    Broker::connect().await.delete_all(&q).await;
+    q.delete().await;
     assert!(worker.wait_ready(true, Duration::from_secs(30)).await);
     let started = Instant::now();
-    loop {
-        // The queue comes back when the worker re-declares it.
-        let conn = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        if ch
-            .queue_declare(ShortString::from(q.clone()), passive, FieldTable::default())
-            .await
-            .is_ok()
-        {
-            break;
-        }
+    // The queue comes back when the worker re-declares it.
+    while !queue_exists(&q).await {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the worker never re-declared its queue"
@@ -222,14 +133,14 @@ async fn jobs_queue_deleted_and_redeclared_mid_stream() {
         "jobs published after the re-declare were not all answered"
     );
     assert!(!first.is_empty());
-    stop_and_clean_up(worker, &q, &replies).await;
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_stop_app_and_start_app_mid_stream_loses_nothing() {
     let _serial = serial().await;
-    let q = unique("stopapp");
-    let replies = durable_reply_queue().await;
+    let q = TestQueue::new("stopapp");
+    let replies = q.durable_reply_queue().await;
     let worker = WorkerProc::spawn(&q, &[]).await;
     let (ids, mut seen) = publish_under_way(&q, &replies, "s", 5_000, 100).await;
 
@@ -244,7 +155,7 @@ async fn broker_stop_app_and_start_app_mid_stream_loses_nothing() {
         "worker did not reconnect"
     );
     assert_none_lost(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
-    stop_and_clean_up(worker, &q, &replies).await;
+    worker.stop().await;
 }
 
 /// Restores the broker's disk limit even if the test fails.
@@ -278,8 +189,8 @@ impl Drop for DiskAlarm {
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_time() {
     let _serial = serial().await;
-    let q = unique("disk");
-    let replies = durable_reply_queue().await;
+    let q = TestQueue::new("disk");
+    let replies = q.durable_reply_queue().await;
     let env = [("KILN__AMQP__SHUTDOWN_TIMEOUT_MS", "3000")];
     let worker = WorkerProc::spawn(&q, &env).await;
     let (ids, mut seen) = publish_under_way(&q, &replies, "d", 3_000, 100).await;
@@ -305,14 +216,14 @@ async fn disk_alarm_blocks_publishing_then_work_resumes_and_sigterm_stays_on_tim
     drop(alarm);
     let worker = WorkerProc::spawn(&q, &[]).await;
     assert_none_lost(&replies, &ids, &mut seen, Duration::from_secs(120)).await;
-    stop_and_clean_up(worker, &q, &replies).await;
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_jobs_do_not_hold_up_normal_jobs() {
     // Timing-sensitive: here, where nothing else runs beside it.
     let _serial = serial().await;
-    let q = unique("hostile");
+    let q = TestQueue::new("hostile");
     // Spinners yield to the runtime at every epoch tick, so with more job
     // slots than spinners, normal jobs flow while they spin.
     let env = [
@@ -327,17 +238,12 @@ async fn hostile_jobs_do_not_hold_up_normal_jobs() {
     let replies = broker.reply_queue().await;
     let mut jobs = Vec::new();
     for i in 0..200 {
+        let mut add = |id: String, plugin: &str| jobs.push((id.clone(), job(&id, plugin, "x")));
         if i % 50 == 0 {
-            jobs.push((
-                format!("spin{i}"),
-                plugin_job(&format!("spin{i}"), "hostile-spin"),
-            ));
-            jobs.push((
-                format!("bomb{i}"),
-                plugin_job(&format!("bomb{i}"), "hostile-membomb"),
-            ));
+            add(format!("spin{i}"), "hostile-spin");
+            add(format!("bomb{i}"), "hostile-membomb");
         }
-        jobs.push((format!("n{i}"), plugin_job(&format!("n{i}"), "uppercase")));
+        add(format!("n{i}"), "uppercase");
     }
     // Published in one go (confirms awaited at the end), so every normal job
     // is queued long before the first spinner's deadline.
@@ -345,7 +251,7 @@ async fn hostile_jobs_do_not_hold_up_normal_jobs() {
     let got = replies.take(jobs.len(), Duration::from_secs(60)).await;
     assert_eq!(got.len(), jobs.len());
     let position = |prefix: &str, last: bool| {
-        let matches = |r: &&support::Received| {
+        let matches = |r: &&Received| {
             r.correlation_id
                 .as_deref()
                 .is_some_and(|c| c.starts_with(prefix))
@@ -358,15 +264,13 @@ async fn hostile_jobs_do_not_hold_up_normal_jobs() {
         .unwrap()
     };
     let (last_normal, first_spin) = (position("n", true), position("spin", false));
-    let spin: serde_json::Value = serde_json::from_slice(&got[first_spin].body).unwrap();
-    assert_eq!(spin["error"]["kind"], "timeout");
+    assert_eq!(got[first_spin].json()["error"]["kind"], "timeout");
     // Every normal job was answered before the first spinner hit its deadline.
     assert!(
         last_normal < first_spin,
         "a normal job waited for a spinner ({last_normal} vs {first_spin})"
     );
     worker.stop().await;
-    broker.delete_all(&q).await;
 }
 
 /// A TCP proxy in front of the broker that can freeze the connections open
@@ -460,8 +364,8 @@ impl FreezingProxy {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_connection_is_detected_by_the_stall_watchdog_and_nothing_is_lost() {
     let _serial = serial().await;
-    let q = unique("silent");
-    let replies = durable_reply_queue().await;
+    let q = TestQueue::new("silent");
+    let replies = q.durable_reply_queue().await;
     let proxy = FreezingProxy::start().await;
     let worker = WorkerProc::spawn_at(
         &proxy.url(),
@@ -491,5 +395,5 @@ async fn silent_connection_is_detected_by_the_stall_watchdog_and_nothing_is_lost
         noticed < Duration::from_secs(10),
         "noticed only after {noticed:?} (stall timeout 1.5 s)"
     );
-    assert!(stop_and_clean_up(worker, &q, &replies).await.success());
+    assert!(worker.stop().await.success());
 }

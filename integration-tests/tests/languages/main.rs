@@ -12,18 +12,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use kiln_integration_tests::{TEXTCASE_LANGUAGES, textcase_artifact};
+use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc};
+use kiln_integration_tests::{TEXTCASE_LANGUAGES, kiln, textcase_artifact};
 use serde_json::{Value, json};
-use support::{Broker, URL, kiln, unique};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -239,12 +235,7 @@ fn warm_cache(plugins: &[(&str, PathBuf)]) -> PathBuf {
             let cache = repo_root().join("target").join("languages-test-cache");
             std::fs::create_dir_all(&cache).expect("create the cache dir");
             let dir = plugin_dir(plugins);
-            let out = kiln()
-                .arg("plugins")
-                .arg("--plugins")
-                .arg(dir.path())
-                .arg("--cache")
-                .arg(&cache)
+            let out = kiln_on("plugins", dir.path(), &cache)
                 .env("RUST_LOG", "error")
                 .stdin(Stdio::null())
                 .output()
@@ -261,6 +252,17 @@ fn warm_cache(plugins: &[(&str, PathBuf)]) -> PathBuf {
             cache
         })
         .clone()
+}
+
+/// `kiln COMMAND --plugins PLUGINS --cache CACHE`.
+fn kiln_on(command: &str, plugins: &Path, cache: &Path) -> Command {
+    let mut cmd = kiln();
+    cmd.arg(command)
+        .arg("--plugins")
+        .arg(plugins)
+        .arg("--cache")
+        .arg(cache);
+    cmd
 }
 
 /// Copies `plugins` into a fresh plugins directory.
@@ -286,12 +288,7 @@ fn golden_table_through_kiln_run() {
         let replies = dir.path().join(format!("{lang}.replies.jsonl"));
         let body: String = cases.iter().map(|c| format!("{}\n", c.job)).collect();
         std::fs::write(&jobs, body).expect("write jobs");
-        let out = kiln()
-            .arg("run")
-            .arg("--plugins")
-            .arg(dir.path())
-            .arg("--cache")
-            .arg(&cache)
+        let out = kiln_on("run", dir.path(), &cache)
             .arg("--jobs")
             .arg(&jobs)
             .arg("--out")
@@ -363,12 +360,9 @@ fn plugin_config_and_job_config() {
     std::fs::write(&config, toml).expect("write config");
     for (lang, _) in &plugins {
         for (job_mode, output) in [(None, "ÉTÉ À PARIS"), (Some("snake"), "été_à_paris")] {
-            let mut cmd = kiln();
-            cmd.args(["run", &format!("textcase-{lang}"), "--input", "Été à Paris"])
-                .arg("--plugins")
-                .arg(dir.path())
-                .arg("--cache")
-                .arg(&cache)
+            let mut cmd = kiln_on("run", dir.path(), &cache);
+            cmd.arg(format!("textcase-{lang}"))
+                .args(["--input", "Été à Paris"])
                 .arg("--config-file")
                 .arg(&config)
                 .env("RUST_LOG", "error")
@@ -394,72 +388,6 @@ fn plugin_config_and_job_config() {
     }
 }
 
-/// A `kiln worker` over a plugins directory of our own (the broker tests'
-/// `WorkerProc` takes crate names from the Rust artifacts, and these
-/// plugins are not there).
-struct Worker {
-    child: Child,
-}
-
-impl Worker {
-    fn spawn(queue: &str, plugins: &Path, cache: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = kiln()
-            .args(["worker", "--amqp-url", URL, "--queue", queue])
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache")
-            .arg(cache)
-            .args(["--http-listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "error")
-            .env("KILN__PIPELINE__CONCURRENCY", "2")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("kiln worker starts");
-        let mut worker = Self { child };
-        // Ready once /readyz answers 200 (compiling the JS and Python
-        // components takes seconds on a cold cache).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if readyz(port) {
-                return worker;
-            }
-            if let Ok(Some(status)) = worker.child.try_wait() {
-                panic!("kiln worker exited before it was ready ({status})");
-            }
-            assert!(Instant::now() < deadline, "kiln worker never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn readyz(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
 /// The same golden cases, every language through one `kiln worker` on the
 /// local RabbitMQ; replies come back on a reply queue.
 #[tokio::test(flavor = "multi_thread")]
@@ -467,8 +395,13 @@ async fn golden_table_through_the_worker() {
     let plugins = plugins();
     let cache = warm_cache(&plugins);
     let dir = plugin_dir(&plugins);
-    let q = unique("languages");
-    let worker = Worker::spawn(&q, dir.path(), &cache);
+    let q = TestQueue::new("languages");
+    // The default memory cap (the test workers' is lower), and time to
+    // compile the JS and Python components on a cold cache.
+    let env = [("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "67108864")];
+    let worker = WorkerProc::start(URL, &q, dir.path(), &cache, &env)
+        .until_ready_within(Duration::from_secs(120))
+        .await;
     let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
     let mut all: BTreeMap<String, Case> = BTreeMap::new();
@@ -500,6 +433,5 @@ async fn golden_table_through_the_worker() {
         failures.push(format!("{}: no reply from the worker", all[id].what));
     }
     drop(worker);
-    broker.delete_all(&q).await;
     assert_no_failures(&failures);
 }

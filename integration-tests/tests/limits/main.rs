@@ -10,19 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_integration_tests::{Captured, ctx, load, sandbox};
+use kiln_integration_tests::{Captured, ctx, load, sandbox, serial};
 use kiln_sandbox::{JobFailure, Limits, Plugin, Sandbox};
-use tokio::sync::{Mutex, MutexGuard};
 
 /// Scheduling slack allowed past a deadline on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(60);
 
-/// Serializes the tests of this binary (each has its own runtime, so the
-/// lock is a runtime-agnostic async one).
-async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
+/// The deadline of [`limits`].
+const DEADLINE: Duration = Duration::from_millis(100);
 
 fn limits() -> Limits {
     Limits {
@@ -43,24 +38,109 @@ async fn next_job_succeeds(sandbox: &Sandbox, hostile: &Plugin) {
     assert_eq!(run.result.unwrap().output, "STILL ALIVE");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn infinite_loop_times_out() {
+/// A job: its config pairs and its input.
+type Job = (&'static [(&'static str, &'static str)], &'static str);
+
+/// What the job after the failing one gets, and its output.
+enum Next {
+    /// `benign`, then `uppercase` (see [`next_job_succeeds`]).
+    Benign,
+    /// This job, with this output.
+    Job(Job, &'static str),
+}
+
+/// Runs `job` on `plugin` in a sandbox with `limits`, and checks that it
+/// fails with `expected` (see [`fits`]) within `within`; that a timeout
+/// came no sooner than its deadline, a fuel failure used its whole budget
+/// and a refused input none; and that the same plugin then serves `next`.
+async fn check(
+    limits: Limits,
+    plugin: &str,
+    (config, input): Job,
+    expected: JobFailure,
+    within: Duration,
+    next: Next,
+) {
     let _serial = serial().await;
-    let sandbox = sandbox(limits());
-    let spin = load(&sandbox, "hostile-spin").await;
-    let run = spin.process(&ctx("spin", &[]), "x").await;
-    assert_eq!(run.result, Err(JobFailure::Timeout { deadline_ms: 100 }));
-    assert!(
-        run.duration >= Duration::from_millis(100),
-        "{:?}",
-        run.duration
-    );
-    assert!(
-        run.duration < Duration::from_millis(100) + SLACK,
-        "{:?}",
-        run.duration
-    );
-    next_job_succeeds(&sandbox, &spin).await;
+    let sandbox = sandbox(limits);
+    let hostile = load(&sandbox, plugin).await;
+    let run = hostile.process(&ctx(plugin, config), input).await;
+    match &run.result {
+        Err(failure) => assert!(
+            fits(failure, &expected),
+            "expected {expected:?}, got {failure:?}"
+        ),
+        Ok(ok) => panic!("expected {expected:?}, got {ok:?}"),
+    }
+    assert!(run.duration < within, "{:?}", run.duration);
+    match expected {
+        JobFailure::Timeout { deadline_ms } => {
+            assert!(
+                run.duration >= Duration::from_millis(deadline_ms),
+                "{:?}",
+                run.duration
+            );
+        }
+        JobFailure::FuelExhausted { budget } => assert_eq!(run.fuel_used, budget),
+        JobFailure::InputTooLarge { .. } => assert_eq!(run.fuel_used, 0),
+        _ => {}
+    }
+    match next {
+        Next::Benign => next_job_succeeds(&sandbox, &hostile).await,
+        Next::Job((config, input), output) => {
+            let run = hostile.process(&ctx("next", config), input).await;
+            assert_eq!(run.result.unwrap().output, output, "{plugin}");
+        }
+    }
+}
+
+/// `got` is `expected`, except that a memory-limit failure's `requested`
+/// only has to pass its cap (how far the guest got varies), and a trap's
+/// `message` only has to contain the expected one.
+fn fits(got: &JobFailure, expected: &JobFailure) -> bool {
+    use JobFailure::{MemoryLimit, Trap};
+    match (got, expected) {
+        (MemoryLimit { requested, cap }, MemoryLimit { cap: want, .. }) => {
+            cap == want && requested > cap
+        }
+        (
+            Trap { code, message },
+            Trap {
+                code: want,
+                message: part,
+            },
+        ) => code == want && message.contains(part.as_str()),
+        _ => got == expected,
+    }
+}
+
+/// One test per row: `name: limits, plugin, (job config, input) => the
+/// failure, within, the next job;`.
+macro_rules! limit_tests {
+    ($($name:ident: $limits:expr, $plugin:literal, $job:expr => $expected:expr, $within:expr, $next:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            check($limits, $plugin, $job, $expected, $within, $next).await;
+        }
+    )*};
+}
+
+fn trap(code: &str, message: &str) -> JobFailure {
+    JobFailure::Trap {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+// Each limit gets its own one-line case.
+limit_tests! {
+    infinite_loop_times_out: limits(), "hostile-spin", (&[], "x") => JobFailure::Timeout { deadline_ms: 100 }, DEADLINE + SLACK, Next::Benign;
+    fuel_runs_out: Limits { fuel: 50_000_000, timeout_ms: 10_000, ..limits() }, "hostile-spin", (&[], "x") => JobFailure::FuelExhausted { budget: 50_000_000 }, Duration::from_secs(10), Next::Benign;
+    memory_bomb_is_a_memory_limit_not_a_trap: limits(), "hostile-membomb", (&[], "x") => JobFailure::MemoryLimit { requested: 0, cap: 32 << 20 }, DEADLINE + SLACK, Next::Benign;
+    unbounded_recursion_traps_with_stack_overflow: limits(), "hostile-recurse", (&[], "x") => trap("stack-overflow", ""), DEADLINE + SLACK, Next::Benign;
+    panic_traps_with_the_guest_message: limits(), "hostile-panic", (&[], "x") => trap("unreachable", "plugin panicked on purpose"), DEADLINE + SLACK, Next::Benign;
+    huge_output_is_refused_and_small_output_passes: Limits { memory_bytes: 64 << 20, ..limits() }, "hostile-hugeout", (&[("bytes", "4000000")], "x") => JobFailure::OutputTooLarge { size: 4_000_000, limit: 1 << 20 }, DEADLINE + SLACK, Next::Job((&[("bytes", "10")], "x"), "xxxxxxxxxx");
+    input_over_the_limit_is_refused_before_running: Limits { max_input_bytes: 8, ..limits() }, "uppercase", (&[], "123456789") => JobFailure::InputTooLarge { size: 9, limit: 8 }, DEADLINE + SLACK, Next::Job((&[], "12345678"), "12345678");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,108 +217,6 @@ async fn a_spinning_job_does_not_block_others() {
         spinner.await.unwrap().result,
         Err(JobFailure::Timeout { .. })
     ));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn fuel_runs_out() {
-    let _serial = serial().await;
-    let sandbox = sandbox(Limits {
-        fuel: 50_000_000,
-        timeout_ms: 10_000,
-        ..limits()
-    });
-    let spin = load(&sandbox, "hostile-spin").await;
-    let run = spin.process(&ctx("fuel", &[]), "x").await;
-    assert_eq!(
-        run.result,
-        Err(JobFailure::FuelExhausted { budget: 50_000_000 })
-    );
-    assert_eq!(run.fuel_used, 50_000_000);
-    next_job_succeeds(&sandbox, &spin).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn memory_bomb_is_a_memory_limit_not_a_trap() {
-    let _serial = serial().await;
-    let sandbox = sandbox(limits());
-    let bomb = load(&sandbox, "hostile-membomb").await;
-    let run = bomb.process(&ctx("bomb", &[]), "x").await;
-    match run.result {
-        Err(JobFailure::MemoryLimit { requested, cap }) => {
-            assert_eq!(cap, 32 << 20);
-            assert!(requested > cap);
-        }
-        other => panic!("expected memory-limit, got {other:?}"),
-    }
-    next_job_succeeds(&sandbox, &bomb).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn unbounded_recursion_traps_with_stack_overflow() {
-    let _serial = serial().await;
-    let sandbox = sandbox(limits());
-    let rec = load(&sandbox, "hostile-recurse").await;
-    let run = rec.process(&ctx("rec", &[]), "x").await;
-    match run.result {
-        Err(JobFailure::Trap { code, .. }) => assert_eq!(code, "stack-overflow"),
-        other => panic!("expected a stack-overflow trap, got {other:?}"),
-    }
-    next_job_succeeds(&sandbox, &rec).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn panic_traps_with_the_guest_message() {
-    let _serial = serial().await;
-    let sandbox = sandbox(limits());
-    let p = load(&sandbox, "hostile-panic").await;
-    let run = p.process(&ctx("panic", &[]), "x").await;
-    match run.result {
-        Err(JobFailure::Trap { code, message }) => {
-            assert_eq!(code, "unreachable");
-            assert!(message.contains("plugin panicked on purpose"), "{message}");
-        }
-        other => panic!("expected a trap, got {other:?}"),
-    }
-    next_job_succeeds(&sandbox, &p).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn huge_output_is_refused_and_small_output_passes() {
-    let _serial = serial().await;
-    let sandbox = sandbox(Limits {
-        memory_bytes: 64 << 20,
-        ..limits()
-    });
-    let huge = load(&sandbox, "hostile-hugeout").await;
-    let run = huge
-        .process(&ctx("huge", &[("bytes", "4000000")]), "x")
-        .await;
-    assert_eq!(
-        run.result,
-        Err(JobFailure::OutputTooLarge {
-            size: 4_000_000,
-            limit: 1 << 20
-        })
-    );
-    // The same plugin, next job, within the limit.
-    let run = huge.process(&ctx("small", &[("bytes", "10")]), "x").await;
-    assert_eq!(run.result.unwrap().output, "xxxxxxxxxx");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn input_over_the_limit_is_refused_before_running() {
-    let _serial = serial().await;
-    let sandbox = sandbox(Limits {
-        max_input_bytes: 8,
-        ..limits()
-    });
-    let up = load(&sandbox, "uppercase").await;
-    let run = up.process(&ctx("big", &[]), "123456789").await;
-    assert_eq!(
-        run.result,
-        Err(JobFailure::InputTooLarge { size: 9, limit: 8 })
-    );
-    assert_eq!(run.fuel_used, 0);
 }
 
 // A current-thread runtime, so the thread-local log capture sees the job.

@@ -6,16 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-// Shared with the broker tests; this binary uses part of it.
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kiln_integration_tests::broker::{Broker, Replies, TestQueue, URL, WorkerProc, job};
+use kiln_integration_tests::kiln;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -23,22 +20,15 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
-use support::{Broker, Replies, URL, WorkerProc, job, kiln};
 
-/// A queue name of this binary's.
-fn unique(name: &str) -> String {
-    support::unique(&format!("obs-{name}"))
+/// A jobs queue of this binary's.
+fn queue(name: &str) -> TestQueue {
+    TestQueue::new(&format!("obs-{name}"))
 }
 
-/// A plain HTTP/1.0 GET: (status, content type, body).
-fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
+/// `GET path` on the worker's HTTP port: (status, content type, body).
+fn get(worker: &WorkerProc, path: &str) -> Option<(u16, String, String)> {
+    let response = worker.get(path)?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     let content_type = head
@@ -210,7 +200,7 @@ fn parse_traceparent(value: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
     let receiver = Receiver::start().await;
-    let q = unique("traces");
+    let q = queue("traces");
     // A ten-minute batch delay: spans can only arrive through the flush at
     // shutdown.
     let otel = [
@@ -279,7 +269,7 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         .unwrap_or_else(|| panic!("no publish span in {spans:#?}"));
     assert_eq!(publish.kind, SpanKind::Producer as i32);
     assert_eq!(publish.attributes["messaging.system"], "rabbitmq");
-    assert_eq!(publish.attributes["messaging.destination.name"], q);
+    assert_eq!(publish.attributes["messaging.destination.name"], q.name());
     assert_eq!(publish.attributes["messaging.message.id"], "j-enq");
     assert_eq!(publish.attributes["kiln.job_id"], "j-enq");
     let root = spans
@@ -290,7 +280,7 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
     assert_eq!(publish.trace_id, root.trace_id);
 
     let done = broker
-        .drain(&format!("{q}.results"), 1, Duration::from_secs(30))
+        .drain(&q.results(), 1, Duration::from_secs(30))
         .await;
     assert_eq!(done.len(), 1, "the enqueued job was answered");
 
@@ -341,8 +331,8 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         ("messaging.system", "rabbitmq"),
         ("messaging.operation", "process"),
         ("messaging.operation.type", "process"),
-        ("messaging.destination.name", q.as_str()),
-        ("messaging.rabbitmq.destination.routing_key", q.as_str()),
+        ("messaging.destination.name", q.name()),
+        ("messaging.rabbitmq.destination.routing_key", q.name()),
         ("messaging.message.id", "m-direct"),
         ("messaging.message.conversation_id", "m-direct"),
         ("kiln.plugin", "uppercase"),
@@ -364,13 +354,11 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
         enqueued.parent_span_id, publish.span_id,
         "child of enqueue's publish span"
     );
-
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_endpoint_replies_carry_no_trace_headers() {
-    let q = unique("notrace");
+    let q = queue("notrace");
     // An empty endpoint counts as unset.
     let worker =
         WorkerProc::spawn_with(&q, &["uppercase"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).await;
@@ -389,7 +377,6 @@ async fn without_an_endpoint_replies_carry_no_trace_headers() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].header("traceparent"), None);
     stop(worker).await;
-    broker.delete_all(&q).await;
 }
 
 // --------------------------------------------------------------- metrics
@@ -409,7 +396,7 @@ fn check_samples(text: &str, expected: &[(&str, f64)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_outcomes_retries_and_dead_letters() {
-    let q = unique("metrics");
+    let q = queue("metrics");
     let plugins =
         kiln_integration_tests::plugin_dir(&["uppercase", "hostile-panic", "hostile-spin"]);
     let cache = tempfile::tempdir().unwrap();
@@ -420,9 +407,9 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &env)
         .until_ready()
         .await;
-    let (status, _, body) = get(worker.port(), "/readyz").unwrap();
+    let (status, _, body) = get(&worker, "/readyz").unwrap();
     assert_eq!((status, body.as_str()), (200, "ready"));
-    let (status, _, body) = get(worker.port(), "/healthz").unwrap();
+    let (status, _, body) = get(&worker, "/healthz").unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
 
     let broker = Broker::connect().await;
@@ -454,7 +441,7 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     // The last ack follows the last reply's confirm: wait for it.
     let started = Instant::now();
     let text = loop {
-        let (status, content_type, text) = get(worker.port(), "/metrics").unwrap();
+        let (status, content_type, text) = get(&worker, "/metrics").unwrap();
         assert_eq!(status, 200);
         assert!(
             content_type.starts_with("application/openmetrics-text"),
@@ -576,7 +563,7 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &env)
         .until_ready()
         .await;
-    let (_, _, text) = get(worker.port(), "/metrics").unwrap();
+    let (_, _, text) = get(&worker, "/metrics").unwrap();
     check_samples(
         &text,
         &[
@@ -586,18 +573,17 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
         ],
     );
     stop(worker).await;
-    broker.delete_all(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_wants_plugins_and_healthz_only_a_live_process() {
-    let q = unique("noplugins");
+    let q = queue("noplugins");
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let worker = WorkerProc::start(URL, &q, plugins.path(), cache.path(), &[]);
     let started = Instant::now();
     let health = loop {
-        if let Some(answer) = get(worker.port(), "/healthz") {
+        if let Some(answer) = get(&worker, "/healthz") {
             break answer;
         }
         assert!(
@@ -609,10 +595,8 @@ async fn readyz_wants_plugins_and_healthz_only_a_live_process() {
     assert_eq!((health.0, health.2.as_str()), (200, "ok"));
     // Connected and consuming, but with nothing to run jobs with.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _, body) = get(worker.port(), "/readyz").unwrap();
+    let (status, _, body) = get(&worker, "/readyz").unwrap();
     assert_eq!(status, 503);
     assert!(body.contains("no plugin loaded"), "{body}");
     stop(worker).await;
-    let broker = Broker::connect().await;
-    broker.delete_all(&q).await;
 }

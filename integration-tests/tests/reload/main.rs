@@ -10,11 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-// Shared with the broker tests; this binary uses part of it.
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,13 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Broker, Replies, URL, WorkerProc, unique};
-use tokio::sync::{Mutex, MutexGuard};
-
-async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
+use kiln_integration_tests::broker::{Broker, Replies, TestQueue, URL, WorkerProc};
+use kiln_integration_tests::serial;
 
 /// The bytes of a built fixture (`versioned-1-0`, `versioned-1-1`).
 fn fixture(crate_name: &str) -> Vec<u8> {
@@ -64,14 +54,7 @@ impl Worker {
 
     /// The raw HTTP response to `GET path`.
     fn get(&self, path: &str) -> Option<String> {
-        use std::io::Read as _;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.proc.port())).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut response = String::new();
-        s.read_to_string(&mut response).ok()?;
-        Some(response)
+        self.proc.get(path)
     }
 
     /// A sample of `/metrics` (0 when the series is absent).
@@ -185,6 +168,13 @@ impl Collector {
         }
     }
 
+    /// Waits (20 s at most) until a job from `from` on got `want`, then
+    /// keeps collecting for 300 ms.
+    async fn switched(&mut self, from: usize, want: &Outcome) {
+        self.wait_for(from, want, Duration::from_secs(20)).await;
+        self.run_for(Duration::from_millis(300)).await;
+    }
+
     /// Keeps collecting for `d`.
     async fn run_for(&mut self, d: Duration) {
         let until = Instant::now() + d;
@@ -268,6 +258,13 @@ fn data_dir(plugins: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join("versioned.wasm"), bytes).unwrap();
 }
 
+/// A new release, as the kubelet puts it in place: `..data` swapped to a
+/// new `..<timestamp>` directory holding `versioned.wasm` with `bytes`.
+fn release(plugins: &Path, name: &str, bytes: &[u8]) {
+    data_dir(plugins, name, bytes);
+    swap_symlink(name, &plugins.join("..data"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal() {
     let _serial = serial().await;
@@ -277,14 +274,14 @@ async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal(
     let wasm: PathBuf = plugins.path().join("versioned.wasm");
     std::fs::write(&wasm, &v10).unwrap();
 
-    let q = unique("reload");
+    let q = TestQueue::new("reload");
     let worker = Worker::spawn(&q, plugins.path(), &[]).await;
     let broker = Arc::new(Broker::connect().await);
     let mut replies = Collector {
         replies: broker.reply_queue().await,
         got: BTreeMap::new(),
     };
-    let stream = Stream::start(broker.clone(), q.clone(), replies.replies.name.clone());
+    let stream = Stream::start(broker.clone(), q.to_string(), replies.replies.name.clone());
     replies
         .wait_for(0, &ok("1.0.0"), Duration::from_secs(30))
         .await;
@@ -293,10 +290,7 @@ async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal(
     // 1. A plain, non-atomic copy of 1.1.0 over the serving file.
     let copy = stream.mark();
     slow_copy(&v11, &wasm).await;
-    replies
-        .wait_for(copy, &ok("1.1.0"), Duration::from_secs(20))
-        .await;
-    replies.run_for(Duration::from_millis(300)).await;
+    replies.switched(copy, &ok("1.1.0")).await;
     assert_eq!(
         worker.failed_reloads(),
         0.0,
@@ -312,29 +306,21 @@ async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal(
     let link = plugins.path().join("versioned.wasm.link");
     std::os::unix::fs::symlink("..data/versioned.wasm", &link).unwrap();
     std::fs::rename(&link, &wasm).unwrap();
-    replies
-        .wait_for(layout, &ok("1.0.0"), Duration::from_secs(20))
-        .await;
-    replies.run_for(Duration::from_millis(300)).await;
+    replies.switched(layout, &ok("1.0.0")).await;
 
     let swap = stream.mark();
-    data_dir(plugins.path(), "..2026_02", &v11);
-    swap_symlink("..2026_02", &plugins.path().join("..data"));
-    replies
-        .wait_for(swap, &ok("1.1.0"), Duration::from_secs(20))
-        .await;
-    replies.run_for(Duration::from_millis(300)).await;
+    release(plugins.path(), "..2026_02", &v11);
+    replies.switched(swap, &ok("1.1.0")).await;
     assert_eq!(worker.failed_reloads(), 0.0);
 
     // 3. A broken release (garbage bytes) swapped in: 1.1.0 keeps serving,
     //    and the failure is counted once and shown; then a fixed one.
     let broken = stream.mark();
-    data_dir(
+    release(
         plugins.path(),
         "..2026_03",
         b"\0asm garbage, not a component",
     );
-    swap_symlink("..2026_03", &plugins.path().join("..data"));
     let started = Instant::now();
     while worker.failed_reloads() < 1.0 {
         assert!(
@@ -348,22 +334,15 @@ async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal(
     assert_eq!(worker.failed_reloads(), 1.0, "reported more than once");
 
     let fixed = stream.mark();
-    data_dir(plugins.path(), "..2026_04", &v10);
-    swap_symlink("..2026_04", &plugins.path().join("..data"));
-    replies
-        .wait_for(fixed, &ok("1.0.0"), Duration::from_secs(20))
-        .await;
-    replies.run_for(Duration::from_millis(300)).await;
+    release(plugins.path(), "..2026_04", &v10);
+    replies.switched(fixed, &ok("1.0.0")).await;
     assert_eq!(worker.metric("kiln_plugin_load_errors"), 0.0);
 
     // 4. Removed: new jobs get unknown-plugin.
     let removed = stream.mark();
     std::fs::remove_file(&wasm).unwrap();
     let unknown = Outcome::Error("unknown-plugin".into());
-    replies
-        .wait_for(removed, &unknown, Duration::from_secs(20))
-        .await;
-    replies.run_for(Duration::from_millis(300)).await;
+    replies.switched(removed, &unknown).await;
 
     let sent = stream.finish().await;
     let ids: HashSet<String> = (0..sent).map(|i| format!("r{i}")).collect();
@@ -400,7 +379,6 @@ async fn no_job_is_lost_across_copies_symlink_swaps_a_broken_file_and_a_removal(
         worker.metric("kiln_plugin_reloads_total{result=\"removed\"}"),
         1.0
     );
-    broker.delete_all(&q).await;
 }
 
 /// Sends job `next` (then counts it) and waits for its outcome.
@@ -426,7 +404,7 @@ async fn sighup_rescans_when_the_watcher_and_the_poll_are_off() {
     let plugins = tempfile::tempdir().unwrap();
     let wasm = plugins.path().join("versioned.wasm");
     std::fs::write(&wasm, fixture("versioned-1-0")).unwrap();
-    let q = unique("reload-hup");
+    let q = TestQueue::new("reload-hup");
     let worker = Worker::spawn(
         &q,
         plugins.path(),
@@ -475,5 +453,4 @@ async fn sighup_rescans_when_the_watcher_and_the_poll_are_off() {
         send(&broker, &q, &mut next, &mut replies).await,
         ok("1.1.0")
     );
-    broker.delete_all(&q).await;
 }

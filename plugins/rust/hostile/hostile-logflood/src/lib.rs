@@ -8,14 +8,10 @@
 //! `done`. Write errors on stdout and stderr are ignored (unlike `println!`,
 //! which would panic), so a host that closes them still gets `done`.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
+hostile_export::export_hostile!("hostile-logflood");
 
 use std::io::Write;
 
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
 use kiln::plugin::host_api::{LogLevel, get_config, log};
 
 /// Number of lines when the config does not say.
@@ -25,44 +21,27 @@ const DEFAULT_LINES: u64 = 1_000_000;
 const PAD: &str =
     "the quick brown fox jumps over the lazy dog; the quick brown fox jumps over the lazy";
 
-struct HostileLogflood;
-
 /// One line of about 100 bytes, numbered so that dropped lines show.
 fn line(i: u64) -> String {
     format!("flood {i:>10} {PAD}")
 }
 
-impl Guest for HostileLogflood {
-    fn get_name() -> String {
-        "hostile-logflood".to_string()
+fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+    let lines = get_config("lines")
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(DEFAULT_LINES);
+
+    for i in 0..lines {
+        log(LogLevel::Info, &line(i));
+    }
+    let mut stdout = std::io::stdout().lock();
+    for i in 0..lines {
+        let _ = writeln!(stdout, "{}", line(i));
+    }
+    let mut stderr = std::io::stderr().lock();
+    for i in 0..lines {
+        let _ = writeln!(stderr, "{}", line(i));
     }
 
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
-        let lines = get_config("lines")
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(DEFAULT_LINES);
-
-        for i in 0..lines {
-            log(LogLevel::Info, &line(i));
-        }
-        let mut stdout = std::io::stdout().lock();
-        for i in 0..lines {
-            let _ = writeln!(stdout, "{}", line(i));
-        }
-        let mut stderr = std::io::stderr().lock();
-        for i in 0..lines {
-            let _ = writeln!(stderr, "{}", line(i));
-        }
-
-        Ok(ProcessResult {
-            output: "done".to_string(),
-            metadata: Vec::new(),
-        })
-    }
+    ok("done".to_string())
 }
-
-export!(HostileLogflood);

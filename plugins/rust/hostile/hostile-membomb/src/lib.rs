@@ -6,42 +6,21 @@
 //! instead of letting it eat the worker's memory. Every 1 MiB block is filled
 //! with a non-zero byte, so the pages are really touched, and kept alive.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
+hostile_export::export_hostile!("hostile-membomb");
 
 use core::hint::black_box;
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
 
 /// The size of one block: 1 MiB.
 const BLOCK: usize = 1 << 20;
 
-struct HostileMembomb;
-
-impl Guest for HostileMembomb {
-    fn get_name() -> String {
-        "hostile-membomb".to_string()
+fn process(input: String) -> Result<ProcessResult, ProcessError> {
+    // `benign` lets a test show the same plugin serves the next job.
+    if input == "benign" {
+        return ok(input);
     }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
-        // `benign` lets a test show the same plugin serves the next job.
-        if input == "benign" {
-            return Ok(ProcessResult {
-                output: input,
-                metadata: Vec::new(),
-            });
-        }
-        let mut hoard: Vec<Vec<u8>> = Vec::new();
-        loop {
-            hoard.push(vec![0xA5; BLOCK]);
-            black_box(&mut hoard);
-        }
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xA5; BLOCK]);
+        black_box(&mut hoard);
     }
 }
-
-export!(HostileMembomb);

@@ -6,34 +6,12 @@
 //! a failed job, not crash. The panic message goes to the plugin's stderr,
 //! which the host may capture or discard.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
+hostile_export::export_hostile!("hostile-panic");
 
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-
-struct HostilePanic;
-
-impl Guest for HostilePanic {
-    fn get_name() -> String {
-        "hostile-panic".to_string()
+fn process(input: String) -> Result<ProcessResult, ProcessError> {
+    // `benign` lets a test show the same plugin serves the next job.
+    if input == "benign" {
+        return ok(input);
     }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
-        // `benign` lets a test show the same plugin serves the next job.
-        if input == "benign" {
-            return Ok(ProcessResult {
-                output: input,
-                metadata: Vec::new(),
-            });
-        }
-        panic!("plugin panicked on purpose");
-    }
+    panic!("plugin panicked on purpose");
 }
-
-export!(HostilePanic);

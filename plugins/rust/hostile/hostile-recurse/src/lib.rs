@@ -7,15 +7,9 @@
 //! depth and the exit condition, so the optimizer can turn it neither into a
 //! loop nor into nothing.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
+hostile_export::export_hostile!("hostile-recurse");
 
 use core::hint::black_box;
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
-
-struct HostileRecurse;
 
 /// Recurses until the stack runs out; the exit is never taken in practice.
 #[inline(never)]
@@ -27,29 +21,11 @@ fn dive(depth: u64) -> u64 {
     black_box(below.wrapping_add(depth))
 }
 
-impl Guest for HostileRecurse {
-    fn get_name() -> String {
-        "hostile-recurse".to_string()
+fn process(input: String) -> Result<ProcessResult, ProcessError> {
+    // `benign` lets a test show the same plugin serves the next job.
+    if input == "benign" {
+        return ok(input);
     }
-
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
-
-    fn process(input: String) -> Result<ProcessResult, ProcessError> {
-        // `benign` lets a test show the same plugin serves the next job.
-        if input == "benign" {
-            return Ok(ProcessResult {
-                output: input,
-                metadata: Vec::new(),
-            });
-        }
-        let depth = dive(0);
-        Ok(ProcessResult {
-            output: depth.to_string(),
-            metadata: Vec::new(),
-        })
-    }
+    let depth = dive(0);
+    ok(depth.to_string())
 }
-
-export!(HostileRecurse);

@@ -17,18 +17,12 @@
 //! repeats the name lookup that many times, like a guest looping on a
 //! denied call; `dns` reports the last attempt.
 
-wit_bindgen::generate!({
-    path: "../../../../wit",
-    world: "text-plugin",
-});
+hostile_export::export_hostile!("hostile-snoop");
 
 use std::fmt::Display;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 
-use exports::kiln::plugin::plugin::{Guest, ProcessError, ProcessResult};
 use kiln::plugin::host_api::get_config;
-
-struct HostileSnoop;
 
 /// `ok: <detail>` or `error: <message>`.
 fn report<T, E: Display>(attempt: Result<T, E>, detail: impl FnOnce(T) -> String) -> String {
@@ -57,72 +51,57 @@ fn json_string(s: &str) -> String {
     out
 }
 
-impl Guest for HostileSnoop {
-    fn get_name() -> String {
-        "hostile-snoop".to_string()
-    }
+fn process(_input: String) -> Result<ProcessResult, ProcessError> {
+    let file = report(std::fs::read_to_string("/etc/passwd"), |text| {
+        text.chars().take(20).collect()
+    });
 
-    fn get_version() -> String {
-        "1.0.0".to_string()
-    }
+    // `vars_os`, not `vars`: `vars` panics on a non-UTF-8 variable.
+    let vars: Vec<_> = std::env::vars_os().collect();
+    let env = match vars.first() {
+        Some((key, _)) => format!("ok: {} vars, first {}", vars.len(), key.to_string_lossy()),
+        None => "error: no environment variables visible".to_string(),
+    };
 
-    fn process(_input: String) -> Result<ProcessResult, ProcessError> {
-        let file = report(std::fs::read_to_string("/etc/passwd"), |text| {
-            text.chars().take(20).collect()
-        });
+    let home = report(std::env::var("HOME"), |home| home);
 
-        // `vars_os`, not `vars`: `vars` panics on a non-UTF-8 variable.
-        let vars: Vec<_> = std::env::vars_os().collect();
-        let env = match vars.first() {
-            Some((key, _)) => format!("ok: {} vars, first {}", vars.len(), key.to_string_lossy()),
-            None => "error: no environment variables visible".to_string(),
-        };
+    let tcp = report(
+        TcpStream::connect("127.0.0.1:5672"),
+        |stream| match stream.peer_addr() {
+            Ok(peer) => format!("connected to {peer}"),
+            Err(_) => "connected".to_string(),
+        },
+    );
 
-        let home = report(std::env::var("HOME"), |home| home);
+    let udp = report(UdpSocket::bind("0.0.0.0:0"), |socket| {
+        match socket.local_addr() {
+            Ok(local) => format!("bound to {local}"),
+            Err(_) => "bound".to_string(),
+        }
+    });
 
-        let tcp = report(
-            TcpStream::connect("127.0.0.1:5672"),
-            |stream| match stream.peer_addr() {
-                Ok(peer) => format!("connected to {peer}"),
-                Err(_) => "connected".to_string(),
-            },
-        );
-
-        let udp = report(UdpSocket::bind("0.0.0.0:0"), |socket| {
-            match socket.local_addr() {
-                Ok(local) => format!("bound to {local}"),
-                Err(_) => "bound".to_string(),
+    let lookups = get_config("dns_lookups")
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(1);
+    let mut dns = String::new();
+    for _ in 0..lookups.max(1) {
+        dns = report("localhost:80".to_socket_addrs(), |mut addrs| {
+            match addrs.next() {
+                Some(addr) => format!("resolved to {addr}"),
+                None => "resolved to no address".to_string(),
             }
         });
-
-        let lookups = get_config("dns_lookups")
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(1);
-        let mut dns = String::new();
-        for _ in 0..lookups.max(1) {
-            dns = report("localhost:80".to_socket_addrs(), |mut addrs| {
-                match addrs.next() {
-                    Some(addr) => format!("resolved to {addr}"),
-                    None => "resolved to no address".to_string(),
-                }
-            });
-        }
-
-        let output = format!(
-            "{{\"file\":{},\"env_count\":{},\"env\":{},\"home\":{},\"tcp\":{},\"udp\":{},\"dns\":{}}}",
-            json_string(&file),
-            vars.len(),
-            json_string(&env),
-            json_string(&home),
-            json_string(&tcp),
-            json_string(&udp),
-            json_string(&dns),
-        );
-        Ok(ProcessResult {
-            output,
-            metadata: Vec::new(),
-        })
     }
-}
 
-export!(HostileSnoop);
+    let output = format!(
+        "{{\"file\":{},\"env_count\":{},\"env\":{},\"home\":{},\"tcp\":{},\"udp\":{},\"dns\":{}}}",
+        json_string(&file),
+        vars.len(),
+        json_string(&env),
+        json_string(&home),
+        json_string(&tcp),
+        json_string(&udp),
+        json_string(&dns),
+    );
+    ok(output)
+}
