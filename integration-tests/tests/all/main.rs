@@ -12,3 +12,4 @@ mod loading;
 mod manifests;
 mod records;
 mod sdk;
+mod tidy;
