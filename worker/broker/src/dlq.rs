@@ -13,10 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection};
 
-use crate::consumer::{ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, header_u32};
+use crate::headers::{
+    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, header_text, header_u32,
+};
 use crate::{BrokerError, Topology};
 
 /// One dead letter, as `kiln dlq list` shows it.
@@ -52,14 +54,6 @@ impl ReplayFilter {
                 .plugin
                 .as_ref()
                 .is_none_or(|p| letter.plugin.as_ref() == Some(p))
-    }
-}
-
-fn header_text(headers: Option<&FieldTable>, name: &str) -> String {
-    match headers.and_then(|h| h.inner().get(name)) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
-        _ => String::new(),
     }
 }
 

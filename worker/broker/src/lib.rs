@@ -7,25 +7,37 @@
 //! queues; dead letters carrying the reason in headers; reconnects with
 //! backoff; and a graceful drain on shutdown.
 //!
+//! The consumer, by role: `session` (the supervised connection and the
+//! stall watchdog), `delivery` (one task per delivery), `dispose` (the pure
+//! plan of what to publish for a job's outcome), `settle` (acks and
+//! requeues), `drain` (shutdown), `headers` (the AMQP header codec) and
+//! `stats` (the counters). What becomes of a job is decided by the outcome
+//! table of `kiln-protocol`; these modules only carry it out.
+//!
 //! It knows the job and reply records of `kiln-protocol`, but nothing of
 //! the sandbox: jobs are run by a [`JobHandler`] that the worker's pipeline
 //! implements. Nor does it know OpenTelemetry: it opens `tracing` spans and
 //! hands message headers to a [`TraceHeaders`] that the worker implements.
 
 mod config;
-mod consumer;
+mod delivery;
+mod dispose;
 pub mod dlq;
+mod drain;
 pub mod enqueue;
+mod headers;
 mod publisher;
+mod session;
 mod settle;
+mod stats;
 mod topology;
 
 pub use config::{AmqpConfig, QueueType, redact};
-pub use consumer::{
-    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, JobHandler, Worker,
-    WorkerStats, header_u32,
-};
+pub use delivery::JobHandler;
+pub use headers::{ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, header_u32};
 pub use publisher::{Publisher, Returned};
+pub use session::Worker;
+pub use stats::WorkerStats;
 pub use topology::Topology;
 
 use lapin::types::FieldTable;

@@ -27,7 +27,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::consumer::WorkerStats;
+use crate::stats::WorkerStats;
 
 /// The longest an ack above a gap waits for the gap to close.
 pub(crate) const HOLD: Duration = Duration::from_millis(1);
@@ -151,17 +151,13 @@ impl Settler {
         (Self { verdicts }, task)
     }
 
-    /// Acks delivery `tag`.
-    pub(crate) fn ack(&self, tag: u64) {
-        self.send(tag, Verdict::Ack);
-    }
-
     /// Requeues delivery `tag`.
     pub(crate) fn requeue(&self, tag: u64) {
-        self.send(tag, Verdict::Requeue);
+        self.settle(tag, Verdict::Requeue);
     }
 
-    fn send(&self, tag: u64, verdict: Verdict) {
+    /// Settles delivery `tag` as `verdict` says.
+    pub(crate) fn settle(&self, tag: u64, verdict: Verdict) {
         if self.verdicts.send((tag, verdict)).is_err() {
             // The session is over; the broker requeues what its channel had
             // not settled.

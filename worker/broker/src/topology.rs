@@ -7,10 +7,11 @@ use std::time::Duration;
 use kiln_protocol::RetryPolicy;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::BrokerError;
 use crate::config::{AmqpConfig, QueueType};
+use crate::headers::text;
 
 /// Every queue Kiln uses for one jobs queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +34,7 @@ impl Topology {
     /// policy allows.
     pub fn new(config: &AmqpConfig, policy: &RetryPolicy) -> Self {
         let jobs = config.queue.clone();
-        let retries = (1..policy.max_attempts.max(1))
+        let retries = (1..=policy.delay_steps())
             .map(|attempt| (format!("{jobs}.retry.{attempt}"), policy.backoff(attempt)))
             .collect();
         Self {
@@ -52,20 +53,25 @@ impl Topology {
         self.retries.get(index).map(|(name, _)| name.as_str())
     }
 
+    /// How many delay queues there are: retries after attempts 1 to this.
+    pub fn delay_steps(&self) -> u32 {
+        u32::try_from(self.retries.len()).unwrap_or(u32::MAX)
+    }
+
     /// The arguments of the jobs queue.
     fn jobs_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), string(""));
-        args.insert("x-dead-letter-routing-key".into(), string(&self.dead));
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(&self.dead));
         if self.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), string("quorum"));
+            args.insert("x-queue-type".into(), text("quorum"));
             args.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
             );
             // Quorum dead-lettering is at-most-once unless both are set.
-            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-            args.insert("x-overflow".into(), string("reject-publish"));
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
         }
         args
     }
@@ -73,7 +79,7 @@ impl Topology {
     fn plain_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), string("quorum"));
+            args.insert("x-queue-type".into(), text("quorum"));
         }
         args
     }
@@ -86,18 +92,14 @@ impl Topology {
         for (name, ttl) in &self.retries {
             // Classic delay queues: expired messages go back to the jobs queue.
             let mut args = FieldTable::default();
-            args.insert("x-dead-letter-exchange".into(), string(""));
-            args.insert("x-dead-letter-routing-key".into(), string(&self.jobs));
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(&self.jobs));
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
             declare(channel, name, args).await?;
         }
         Ok(())
     }
-}
-
-fn string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
 async fn declare(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
@@ -138,5 +140,6 @@ mod tests {
         assert_eq!(t.retry_queue(1), Some("q.retry.1"));
         assert_eq!(t.retry_queue(3), None);
         assert_eq!(t.retry_queue(0), None);
+        assert_eq!(t.delay_steps(), 2);
     }
 }

@@ -120,9 +120,9 @@ impl Pipeline {
         // The job's span (the broker's), if any, learns which plugin ran it.
         let span = tracing::Span::current();
         if !span.is_disabled() {
-            span.record("kiln.plugin", plugin.name());
+            span.record(kiln_protocol::span::PLUGIN, plugin.name());
             span.record(
-                "kiln.plugin_version",
+                kiln_protocol::span::PLUGIN_VERSION,
                 tracing::field::display(plugin.version()),
             );
         }

@@ -1,17 +1,21 @@
 //! Kiln's wire protocol: the job record and its decoding ([`job`]), the reply
-//! records and their encoding ([`reply`]), and the one outcome table that
-//! says what to do with each kind of failure ([`outcome`]).
+//! records and their encoding ([`reply`]), the one outcome table that
+//! says what to do with each kind of failure ([`outcome`]), and the names
+//! of the `kiln.*` fields of a job's span ([`span`]).
 //!
 //! This crate knows nothing of wasmtime or AMQP; `docs/PROTOCOL.md` is its
-//! specification in prose. Everything is re-exported at the crate root.
+//! specification in prose. Everything but the span names is re-exported at
+//! the crate root.
 
 pub mod job;
 pub mod outcome;
 pub mod reply;
+pub mod span;
 
 pub use job::{DecodeLimits, Envelope, Job, Payload, RequestError, decode_job, job_id_from_body};
 pub use outcome::{
-    Action, Disposition, ErrorKind, JobError, RetryPolicy, Source, UnknownErrorKind, disposition,
+    Action, Admission, Disposition, ErrorKind, JobError, RetryPolicy, Source, UnknownErrorKind,
+    admission, carried, disposition,
 };
 pub use reply::{
     Handled, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,

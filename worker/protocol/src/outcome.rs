@@ -2,6 +2,12 @@
 //! blame ([`Source`]), what Kiln does about it ([`Action`]), and the one
 //! policy function, [`disposition`], that turns a finished attempt into a
 //! [`Disposition`] (reply, retry after a backoff, or reply and dead-letter).
+//!
+//! Two more rules are about deliveries rather than a job's result, and the
+//! broker asks them here instead of deciding on its own: [`admission`] (the
+//! poison rule: a job delivered too often is answered and dead-lettered
+//! without running) and [`carried`] (a retry with no delay queue for its
+//! step replies and dead-letters).
 
 use std::fmt;
 use std::str::FromStr;
@@ -259,6 +265,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The delay steps this policy retries through: one after each attempt
+    /// but the last (`max_attempts - 1`; none for 0 or 1 attempts). The
+    /// broker declares a delay queue per step, and [`carried`] retries only
+    /// within the steps a carrier has.
+    pub fn delay_steps(&self) -> u32 {
+        self.max_attempts.max(1) - 1
+    }
+
     /// The delay after failed attempt `attempt` (1-based; 0 counts as 1)
     /// before the next one: exponential, capped at `max_backoff`, never
     /// panicking or overflowing.
@@ -325,6 +339,62 @@ pub fn disposition(
                 Disposition::ReplyAndDeadLetter
             }
         }
+    }
+}
+
+/// Whether a delivery's job runs at all: the poison rule of [`admission`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Run it; [`disposition`] decides what becomes of the attempt.
+    Run,
+    /// Do not run it: answer with `error` and carry out `disposition`.
+    GiveUp {
+        /// An `internal` error saying how often the job was delivered.
+        error: JobError,
+        /// Always [`Disposition::ReplyAndDeadLetter`]: the job is not
+        /// retried, whatever the table says of `internal`, since every
+        /// delivery so far ended without an answer (most likely by ending
+        /// its worker).
+        disposition: Disposition,
+    },
+}
+
+/// The poison rule, decided before a delivery's job runs.
+///
+/// A broker gives up on a message delivered `delivery_limit` times (a
+/// quorum queue's `x-delivery-limit`) by dead-lettering it silently. So on
+/// the delivery before that (`redeliveries + 1 >= delivery_limit`), Kiln does
+/// not run the job: it answers it itself with an `internal` error and
+/// dead-letters it with the reason. Every kill, reconnect and requeue counts
+/// as a delivery, which is why the limit sits well above the attempts.
+pub fn admission(redeliveries: u32, delivery_limit: u32) -> Admission {
+    let deliveries = redeliveries.saturating_add(1);
+    if deliveries < delivery_limit {
+        return Admission::Run;
+    }
+    Admission::GiveUp {
+        error: JobError::new(
+            ErrorKind::Internal,
+            format!("delivered {deliveries} times without being answered; giving up"),
+        ),
+        disposition: Disposition::ReplyAndDeadLetter,
+    }
+}
+
+/// What a carrier with `delay_steps` delay queues does with the
+/// `disposition` of attempt `attempt` (1-based; 0 is treated as 1).
+///
+/// A retry needs a delay queue for its step. When the carrier has none for
+/// it (its policy allows fewer attempts than the one that decided, after a
+/// configuration change), the attempts have run out as far as it can tell:
+/// reply and dead-letter. With the deciding policy's own
+/// [`RetryPolicy::delay_steps`] this changes nothing.
+pub fn carried(disposition: Disposition, attempt: u32, delay_steps: u32) -> Disposition {
+    match disposition {
+        Disposition::Retry { .. } if attempt.max(1) > delay_steps => {
+            Disposition::ReplyAndDeadLetter
+        }
+        other => other,
     }
 }
 
@@ -478,6 +548,92 @@ mod tests {
             },
         );
         check(u32::MAX, u32::MAX, Disposition::ReplyAndDeadLetter);
+    }
+
+    #[test]
+    fn delay_steps_are_the_retries_a_policy_allows() {
+        for (max_attempts, steps) in [(0, 0), (1, 0), (2, 1), (3, 2), (u32::MAX, u32::MAX - 1)] {
+            let policy = RetryPolicy {
+                max_attempts,
+                ..RetryPolicy::default()
+            };
+            assert_eq!(policy.delay_steps(), steps, "max_attempts {max_attempts}");
+        }
+    }
+
+    #[test]
+    fn the_poison_rule() {
+        assert_eq!(admission(0, 20), Admission::Run);
+        assert_eq!(admission(18, 20), Admission::Run);
+        let give_up = |deliveries: u32| Admission::GiveUp {
+            error: JobError::new(
+                ErrorKind::Internal,
+                format!("delivered {deliveries} times without being answered; giving up"),
+            ),
+            disposition: Disposition::ReplyAndDeadLetter,
+        };
+        // One delivery before the broker's limit, and any past it.
+        assert_eq!(admission(19, 20), give_up(20));
+        assert_eq!(admission(25, 20), give_up(26));
+        // Limits of 0 and 1 give up on the first delivery.
+        assert_eq!(admission(0, 1), give_up(1));
+        assert_eq!(admission(0, 0), give_up(1));
+        assert_eq!(admission(u32::MAX, u32::MAX), give_up(u32::MAX));
+        assert_eq!(admission(u32::MAX - 2, u32::MAX), Admission::Run);
+    }
+
+    #[test]
+    fn a_retry_without_a_delay_step_replies_and_dead_letters() {
+        let retry = Disposition::Retry {
+            next_attempt: 2,
+            delay: secs(1),
+        };
+        let check = |disposition: Disposition, attempt: u32, steps: u32, expected: Disposition| {
+            assert_eq!(
+                carried(disposition, attempt, steps),
+                expected,
+                "{disposition:?} at attempt {attempt} with {steps} steps"
+            );
+        };
+        check(retry, 1, 2, retry);
+        check(retry, 2, 2, retry);
+        check(retry, 3, 2, Disposition::ReplyAndDeadLetter);
+        check(retry, 1, 0, Disposition::ReplyAndDeadLetter);
+        // Attempt 0 counts as 1, as in `disposition`.
+        check(retry, 0, 1, retry);
+        check(retry, 0, 0, Disposition::ReplyAndDeadLetter);
+        for steps in [0, 1, u32::MAX] {
+            for last in [Disposition::Reply, Disposition::ReplyAndDeadLetter] {
+                check(last, 7, steps, last);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// With the deciding policy's own delay steps, the carrier carries
+        /// out exactly what `disposition` decided; with fewer, it never
+        /// retries past its last step and changes nothing else.
+        #[test]
+        fn carried_agrees_with_the_policy(
+            max_attempts in proptest::prop_oneof![0_u32..8, proptest::prelude::any::<u32>()],
+            attempt in proptest::prop_oneof![0_u32..10, proptest::prelude::any::<u32>()],
+            kind in proptest::sample::select(ErrorKind::ALL.to_vec()),
+            ok in proptest::prelude::any::<bool>(),
+            fewer in 0_u32..4,
+        ) {
+            let policy = RetryPolicy { max_attempts, ..RetryPolicy::default() };
+            let outcome = if ok { Ok(()) } else { Err(kind) };
+            let decided = disposition(outcome, attempt, &policy);
+            proptest::prop_assert_eq!(carried(decided, attempt, policy.delay_steps()), decided);
+            let steps = policy.delay_steps().saturating_sub(fewer);
+            let done = carried(decided, attempt, steps);
+            match decided {
+                Disposition::Retry { .. } if attempt.max(1) > steps => {
+                    proptest::prop_assert_eq!(done, Disposition::ReplyAndDeadLetter);
+                }
+                _ => proptest::prop_assert_eq!(done, decided),
+            }
+        }
     }
 
     #[test]

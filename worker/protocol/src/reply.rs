@@ -414,6 +414,35 @@ pub struct Handled {
     pub disposition: crate::Disposition,
 }
 
+impl Handled {
+    /// The answer to a job that was not run (see [`crate::admission`]):
+    /// the error reply, under the body's default job id
+    /// ([`crate::job_id_from_body`]: the envelope's message id, or a hash;
+    /// any bytes have one) and the plugin the body names if it decodes, and
+    /// the table's `disposition`.
+    pub fn unrun(
+        body: &[u8],
+        envelope: &crate::Envelope<'_>,
+        error: JobError,
+        disposition: crate::Disposition,
+    ) -> Self {
+        let job_id = crate::job_id_from_body(body, envelope);
+        let plugin = crate::decode_job(body, envelope, &crate::DecodeLimits::default())
+            .map(|job| job.plugin)
+            .unwrap_or_default();
+        let kind = error.kind;
+        let reply = Reply::error(job_id.clone(), plugin, error);
+        let encoded = encode_reply(&reply, usize::MAX);
+        Handled {
+            job_id,
+            reply,
+            encoded,
+            error: Some(kind),
+            disposition,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -708,6 +737,28 @@ mod tests {
                 .map(|item| pairs(&item.metadata))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_unrun_job_is_answered_with_its_id_and_plugin() {
+        let error = JobError::new(ErrorKind::Internal, "given up");
+        let disposition = crate::Disposition::ReplyAndDeadLetter;
+        let body = br#"{"plugin":"upper","input":"x"}"#;
+        let envelope = crate::Envelope {
+            message_id: Some("j9"),
+            correlation_id: None,
+        };
+        let handled = Handled::unrun(body, &envelope, error.clone(), disposition);
+        assert_eq!(handled.job_id, "j9");
+        assert_eq!(handled.reply, Reply::error("j9", "upper", error.clone()));
+        assert_eq!(handled.error, Some(ErrorKind::Internal));
+        assert_eq!(handled.disposition, disposition);
+        let back: Reply = serde_json::from_slice(&handled.encoded).unwrap();
+        assert_eq!(back, handled.reply);
+        // Unreadable bytes still get the deterministic job id, and no plugin.
+        let handled = Handled::unrun(b"\xff", &crate::Envelope::default(), error, disposition);
+        assert!(handled.job_id.starts_with("sha256:"), "{}", handled.job_id);
+        assert_eq!(handled.reply.plugin, "");
     }
 
     proptest! {

@@ -1,0 +1,242 @@
+//! One delivery's task, from the delivery to its verdict: read its headers,
+//! open its span, run its job through the [`JobHandler`] (or give it up,
+//! by the outcome table's poison rule), carry out the publishes that
+//! [`crate::dispose::plan`] lists, each confirmed, and hand the verdict
+//! (ack, or requeue) to the settler.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use kiln_protocol::{Admission, Envelope, Handled, span as fields};
+use lapin::message::Delivery;
+use lapin::types::FieldTable;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
+
+use crate::dispose::{self, Delivered, Publish, Purpose};
+use crate::headers::Incoming;
+use crate::publisher::Publisher;
+use crate::settle::Settler;
+use crate::stats::WorkerStats;
+use crate::topology::Topology;
+use crate::{BrokerError, TraceHeaders};
+
+/// Runs one job: whoever joins the broker to the sandbox implements this.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Handles attempt `attempt` (1-based) of the job in `body`.
+    fn handle(
+        &self,
+        body: &[u8],
+        envelope: &Envelope<'_>,
+        attempt: u32,
+    ) -> impl Future<Output = Handled> + Send;
+}
+
+/// What one delivery's task needs.
+pub(crate) struct Job<H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) publisher: Publisher,
+    pub(crate) settler: Settler,
+    pub(crate) topology: Topology,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) delivery_limit: u32,
+    pub(crate) trace: Arc<dyn TraceHeaders>,
+}
+
+impl<H: JobHandler> Job<H> {
+    /// Runs the job while holding its `slot`, then frees the slot before
+    /// the reply's confirm and the ack: the concurrency limit bounds the
+    /// sandboxes running, not round trips to the broker (prefetch bounds
+    /// those).
+    pub(crate) async fn process(self, delivery: Delivery, slot: OwnedSemaphorePermit) {
+        let incoming = Incoming::read(&delivery.properties);
+        let span = job_span(
+            &self.topology.jobs,
+            delivery.routing_key.as_str(),
+            &incoming,
+            delivery.data.len(),
+        );
+        if self.trace.enabled() && !span.is_disabled() {
+            self.trace
+                .extract(delivery.properties.headers().as_ref(), &span);
+        }
+        async {
+            let handled = match kiln_protocol::admission(incoming.redeliveries, self.delivery_limit)
+            {
+                Admission::Run => {
+                    self.handler
+                        .handle(&delivery.data, &incoming.envelope, incoming.attempt)
+                        .await
+                }
+                Admission::GiveUp { error, disposition } => {
+                    Handled::unrun(&delivery.data, &incoming.envelope, error, disposition)
+                }
+            };
+            drop(slot);
+            let span = tracing::Span::current();
+            span.record(fields::JOB_ID, handled.job_id.as_str());
+            span.record(
+                fields::OUTCOME,
+                handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str),
+            );
+            let delivered = Delivered {
+                body: &delivery.data,
+                properties: &delivery.properties,
+                attempt: incoming.attempt,
+            };
+            let plan = dispose::plan(
+                &handled,
+                &self.topology,
+                delivered,
+                self.reply_headers(),
+                unix_now(),
+            );
+            // Only a confirmed outcome acks the job; the settler sends the
+            // ack (coalesced with others), this task does not wait for it.
+            let published = self.publish(plan).await;
+            if let Err(error) = &published {
+                tracing::warn!(%error, "publish not confirmed, requeueing the job");
+            }
+            self.settler
+                .settle(delivery.delivery_tag, dispose::verdict(published.is_ok()));
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// The trace context of the current span, for the reply's headers.
+    fn reply_headers(&self) -> Option<FieldTable> {
+        if !self.trace.enabled() {
+            return None;
+        }
+        let mut headers = FieldTable::default();
+        self.trace.inject(&tracing::Span::current(), &mut headers);
+        Some(headers)
+    }
+
+    /// Publishes `plan` in order, each publish confirmed before the next;
+    /// the first that is not confirmed ends it. A returned message a
+    /// confirm carries is a reply whose requester's queue is gone (only
+    /// replies are `mandatory`), not necessarily this publish's: nobody can
+    /// receive it, and retrying would loop forever, so it is logged by its
+    /// own job id, counted, and dropped.
+    async fn publish(&self, plan: Vec<Publish<'_>>) -> Result<(), BrokerError> {
+        for publish in plan {
+            let Publish {
+                purpose,
+                queue,
+                body,
+                properties,
+                mandatory,
+            } = publish;
+            let returned = self
+                .publisher
+                .publish(queue, body.to_vec(), properties, mandatory)
+                .await?;
+            if let Some(returned) = returned {
+                self.stats.unroutable_replies.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    reply_to = returned.routing_key,
+                    job_id = returned.message_id,
+                    reason = returned.reply_text,
+                    "reply unroutable, dropped"
+                );
+            }
+            match purpose {
+                Purpose::Reply => {}
+                Purpose::Retry { next_attempt } => {
+                    self.stats.retried.fetch_add(1, Relaxed);
+                    tracing::info!(queue, next_attempt, "job scheduled for retry");
+                }
+                Purpose::DeadLetter { kind } => {
+                    self.stats.dead_lettered.fetch_add(1, Relaxed);
+                    tracing::warn!(queue, kind, "job dead-lettered");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The job's span, after the OTel messaging conventions, with every
+/// `kiln.*` field of [`kiln_protocol::span`] (the ones recorded later start
+/// empty). With its level filtered out (the default `warn`, and no trace
+/// export) the macro evaluates none of the fields and this costs a branch.
+fn job_span(
+    queue: &str,
+    routing_key: &str,
+    incoming: &Incoming<'_>,
+    body_size: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = %queue,
+        messaging.rabbitmq.destination.routing_key = %routing_key,
+        messaging.message.id = incoming.envelope.message_id,
+        messaging.message.conversation_id = incoming.envelope.correlation_id,
+        messaging.message.body.size = body_size,
+        { fields::JOB_ID } = tracing::field::Empty,
+        { fields::ATTEMPT } = incoming.attempt,
+        { fields::PLUGIN } = tracing::field::Empty,
+        { fields::PLUGIN_VERSION } = tracing::field::Empty,
+        { fields::OUTCOME } = tracing::field::Empty,
+    )
+}
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// Enables every span and event, and keeps nothing.
+    struct Everything;
+
+    impl Subscriber for Everything {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// The pipeline records into the job's span by the names of
+    /// `kiln_protocol::span`: the span must declare every one of them, or
+    /// the records are silently dropped.
+    #[test]
+    fn the_job_span_declares_every_kiln_field() {
+        let props = lapin::BasicProperties::default();
+        let incoming = Incoming::read(&props);
+        let span =
+            tracing::subscriber::with_default(Everything, || job_span("q", "q", &incoming, 3));
+        let Some(metadata) = span.metadata() else {
+            panic!("the job span has no metadata under a subscriber that enables it");
+        };
+        assert_eq!(metadata.name(), "job");
+        for name in fields::ALL {
+            assert!(
+                metadata.fields().field(name).is_some(),
+                "the job span lacks the field {name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The graceful drain of a session on shutdown: stop consuming, requeue
+//! what was prefetched but not started, let in-flight jobs finish within
+//! the shutdown timeout, requeue the rest, send the last acks and close.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::Connection;
+use lapin::options::BasicCancelOptions;
+use lapin::types::ShortString;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::settle::Settler;
+
+/// How long shutdown waits for the broker to answer a cancel, requeue or
+/// close before leaving the rest to the end of the connection.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the drain of a session needs.
+pub(crate) struct Drain<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) channel: &'a lapin::Channel,
+    pub(crate) consumer: &'a mut lapin::Consumer,
+    pub(crate) settler: Settler,
+    pub(crate) settling: JoinHandle<()>,
+    pub(crate) inflight: &'a Mutex<HashSet<u64>>,
+    /// The consumer tag.
+    pub(crate) tag: &'a str,
+    /// How long in-flight jobs may take to finish (`shutdown_timeout_ms`).
+    pub(crate) timeout: Duration,
+}
+
+/// Graceful drain: cancel the consumer and requeue what was prefetched
+/// but not started (together bounded by [`CLOSE_TIMEOUT`]), let in-flight
+/// jobs finish (reply and ack) within the shutdown timeout, requeue
+/// whatever is still unfinished, send the last acks and close (again
+/// bounded by [`CLOSE_TIMEOUT`]). A broker that stops reading (a disk or
+/// memory alarm) therefore delays the exit by at most twice that: what
+/// could not be requeued is requeued by the broker when the connection
+/// ends.
+pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
+    let Drain {
+        conn,
+        channel,
+        consumer,
+        settler,
+        settling,
+        inflight,
+        tag,
+        timeout,
+    } = session;
+    tracing::info!(in_flight = tasks.len(), "draining");
+    let mut requeued = 0;
+    let stop_consuming = async {
+        let cancel = channel.basic_cancel(
+            ShortString::from(tag.to_owned()),
+            BasicCancelOptions::default(),
+        );
+        if let Err(error) = cancel.await {
+            tracing::warn!(%error, "cannot cancel the consumer");
+        }
+        // Deliveries already buffered were never started: requeue at once.
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+        {
+            settler.requeue(delivery.delivery_tag);
+            requeued += 1;
+        }
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, stop_consuming)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "broker did not answer the cancel in time; it requeues prefetched jobs when the connection ends"
+        );
+    }
+    let finished = tokio::time::timeout(timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let mut left = 0;
+    if finished.is_err() {
+        tasks.abort_all();
+        // Joined, the aborted tasks hold no settler handle any more.
+        while tasks.join_next().await.is_some() {}
+        let unfinished = std::mem::take(&mut *inflight.lock().unwrap_or_else(|e| e.into_inner()));
+        left = unfinished.len();
+        for delivery_tag in unfinished {
+            settler.requeue(delivery_tag);
+        }
+    }
+    // The last handle: the settler sends what is queued, then ends.
+    drop(settler);
+    let finish = async {
+        let _ = settling.await;
+        let _ = channel.close(200, ShortString::from("shutdown")).await;
+        let _ = conn.close(200, ShortString::from("shutdown")).await;
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, finish).await.is_err() {
+        tracing::warn!(
+            "broker did not answer close in time; it requeues unacked jobs when the connection ends"
+        );
+    }
+    tracing::info!(
+        requeued_unstarted = requeued,
+        requeued_unfinished = left,
+        "drained"
+    );
+}

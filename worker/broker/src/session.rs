@@ -1,0 +1,274 @@
+//! The supervised session: the [`Worker`] connects, declares the topology,
+//! consumes with a prefetch window and a job-slot semaphore, spawns one
+//! delivery task per message ([`crate::delivery`]), and watches for a
+//! consumer that went silent (the stall watchdog); a lost connection,
+//! channel or consumer ends the session, and the worker reconnects with
+//! backoff. On shutdown the session ends with the drain ([`crate::drain`]).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::AmqpConfig;
+use crate::delivery::{Job, JobHandler};
+use crate::drain::{CLOSE_TIMEOUT, Drain, drain};
+use crate::publisher::Publisher;
+use crate::settle::Settler;
+use crate::stats::WorkerStats;
+use crate::topology::Topology;
+use crate::{BrokerError, NoTraceHeaders, TraceHeaders};
+
+/// The consumer side of `kiln worker`.
+pub struct Worker<H> {
+    config: AmqpConfig,
+    topology: Topology,
+    handler: Arc<H>,
+    concurrency: usize,
+    ready: watch::Sender<bool>,
+    stats: Arc<WorkerStats>,
+    trace: Arc<dyn TraceHeaders>,
+}
+
+/// Why a session with the broker ended.
+enum SessionEnd {
+    /// Shutdown was requested and the drain is complete.
+    Drained,
+    /// The connection, channel or consumer was lost.
+    Lost(String),
+}
+
+impl<H: JobHandler> Worker<H> {
+    /// A worker for `topology`, running at most `concurrency` jobs at once.
+    pub fn new(
+        config: AmqpConfig,
+        topology: Topology,
+        handler: Arc<H>,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            config,
+            topology,
+            handler,
+            concurrency: concurrency.max(1),
+            ready: watch::Sender::new(false),
+            stats: Arc::default(),
+            trace: Arc::new(NoTraceHeaders),
+        }
+    }
+
+    /// Propagates trace context: each job's span continues the trace in
+    /// its delivery's headers, and its reply carries the job's context.
+    #[must_use]
+    pub fn with_trace_headers(mut self, trace: Arc<dyn TraceHeaders>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Readiness: connected, consuming, and not draining.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` resolves, reconnecting with backoff
+    /// whenever the connection, channel or consumer is lost; then drains.
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        let mut delay = Duration::from_millis(self.config.reconnect_initial_ms);
+        let max = Duration::from_millis(self.config.reconnect_max_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.session(shutdown.clone()).await {
+                SessionEnd::Drained => return,
+                SessionEnd::Lost(error) => {
+                    self.ready.send_replace(false);
+                    self.stats.reconnects.fetch_add(1, Relaxed);
+                    // A session that ran a while resets the backoff.
+                    if started.elapsed() > max {
+                        delay = Duration::from_millis(self.config.reconnect_initial_ms);
+                    }
+                    tracing::warn!(url = %self.config.redacted_url(), %error, retry_in = ?delay, "broker session lost, reconnecting");
+                    let mut stop = shutdown.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stopped(&mut stop) => return,
+                    }
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+    }
+
+    async fn session(&self, mut shutdown: watch::Receiver<bool>) -> SessionEnd {
+        let name = self.config.connection_name();
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.clone().into_bytes()));
+        let conn = match Connection::connect(&self.config.url, props).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("cannot connect: {e}")),
+        };
+        let setup = async {
+            let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
+            self.topology.declare(&consume).await?;
+            consume
+                .basic_qos(self.config.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(BrokerError::Channel)?;
+            let publisher =
+                Publisher::start(conn.create_channel().await.map_err(BrokerError::Channel)?)
+                    .await?;
+            let probe = conn.create_channel().await.map_err(BrokerError::Channel)?;
+            let consumer = consume
+                .basic_consume(
+                    ShortString::from(self.topology.jobs.clone()),
+                    ShortString::from(name.clone()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BrokerError::Channel)?;
+            Ok::<_, BrokerError>((consume, publisher, probe, consumer))
+        };
+        let (consume, publisher, probe, mut consumer) = match setup.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    conn.close(200, ShortString::from("setup failed")),
+                )
+                .await;
+                return SessionEnd::Lost(e.to_string());
+            }
+        };
+        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "consuming");
+        self.ready.send_replace(true);
+
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let (settler, settling) = Settler::start(consume.clone(), self.stats.clone());
+        let inflight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        let mut last_delivery = Instant::now();
+        let mut watchdog = tokio::time::interval(stall.max(Duration::from_millis(100)) / 2);
+
+        // A second receiver for waits nested inside the loop's own select.
+        let mut stop = shutdown.clone();
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break None,
+                next = consumer.next() => {
+                    // Reap finished jobs here rather than in a branch of
+                    // this select, which would wake the loop once per job.
+                    reap(&mut tasks);
+                    let delivery = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => break Some(format!("consumer error: {e}")),
+                        None => break Some("consumer cancelled by the broker".to_owned()),
+                    };
+                    last_delivery = Instant::now();
+                    tracing::debug!(delivery_tag = delivery.delivery_tag, free_slots = slots.available_permits(), "delivery received");
+                    let permit = tokio::select! {
+                        p = slots.clone().acquire_owned() => p,
+                        () = stopped(&mut stop) => {
+                            settler.requeue(delivery.delivery_tag);
+                            break None;
+                        }
+                    };
+                    let Ok(permit) = permit else { break None };
+                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery.delivery_tag);
+                    let job = Job {
+                        handler: self.handler.clone(),
+                        publisher: publisher.clone(),
+                        settler: settler.clone(),
+                        topology: self.topology.clone(),
+                        stats: self.stats.clone(),
+                        delivery_limit: self.config.delivery_limit,
+                        trace: self.trace.clone(),
+                    };
+                    let inflight = inflight.clone();
+                    tasks.spawn(async move {
+                        let tag = delivery.delivery_tag;
+                        job.process(delivery, permit).await;
+                        inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
+                    });
+                }
+                _ = watchdog.tick() => {
+                    if last_delivery.elapsed() >= stall && slots.available_permits() > 0 {
+                        // Bounded: on a connection that went silent the
+                        // probe's answer never comes either.
+                        let declare = probe.queue_declare(ShortString::from(self.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default());
+                        match tokio::time::timeout(stall, declare).await {
+                            Ok(Ok(q)) if q.message_count() > 0 => break Some(format!("consumer stalled: {} ready messages, none delivered for {stall:?}", q.message_count())),
+                            Ok(Ok(_)) => last_delivery = Instant::now(),
+                            Ok(Err(e)) => break Some(format!("queue probe failed: {e}")),
+                            Err(_) => break Some(format!("connection silent: no delivery and no answer to a queue probe for {stall:?}")),
+                        }
+                    }
+                }
+            }
+        };
+
+        match end {
+            Some(lost) => {
+                // Unacked deliveries are requeued by the broker when the
+                // channel goes; in-flight jobs finish but cannot ack.
+                tasks.abort_all();
+                settling.abort();
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    conn.close(200, ShortString::from("reconnecting")),
+                )
+                .await;
+                SessionEnd::Lost(lost)
+            }
+            None => {
+                self.ready.send_replace(false);
+                let session = Drain {
+                    conn: &conn,
+                    channel: &consume,
+                    consumer: &mut consumer,
+                    settler,
+                    settling,
+                    inflight: &inflight,
+                    tag: &name,
+                    timeout: Duration::from_millis(self.config.shutdown_timeout_ms),
+                };
+                drain(session, tasks).await;
+                SessionEnd::Drained
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is requested (or its sender is gone), holding
+/// no borrow of the value, so the futures that wait on it stay `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Collects the jobs that have finished, without waiting; a job task that
+/// panicked is logged (its delivery stays unacked until the channel ends,
+/// when the broker redelivers it).
+fn reap(tasks: &mut tokio::task::JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        if let Err(error) = done
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a job task panicked");
+        }
+    }
+}
