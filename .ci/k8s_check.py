@@ -1,12 +1,15 @@
 """Checks behind .ci/k8s (run in its venv: kubernetes-validate, jsonschema,
-PyYAML). Each subcommand prints what it checked and exits 1 on a failure.
+PyYAML, promql-parser). Each subcommand prints what it checked and exits 1
+on a failure.
 
   objects DIR       every *.yaml in DIR (one `helm template` output per
                     values combination): each object against the Kubernetes
                     schemas (strict: unknown fields fail) for every
                     --kube version, custom resources against .ci/schemas,
-                    then Kiln's own rules; writes each kiln.toml to
-                    DIR/<name>.kiln.toml for `kiln config check`.
+                    then Kiln's own rules (the PrometheusRule's and the
+                    dashboard's PromQL parsed, their kiln_* metrics checked
+                    against docs/OBSERVABILITY.md); writes each config file
+                    to DIR/<name>.kiln.json for `kiln config check`.
   dockerfile        every COPY source of the Dockerfile exists and is not
                     excluded by .dockerignore; the build runs CI's commands.
   readme            every leaf key of helm/kiln/values.yaml is in the
@@ -19,10 +22,10 @@ import json
 import pathlib
 import re
 import sys
-import tomllib
 
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,7 +34,11 @@ CUSTOM = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh-v1alpha1-scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh-v1alpha1-triggerauthentication.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com-v1-servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com-v1-prometheusrule.json",
 }
+CONFIG_KEY = "kiln.json"
+CONFIG_FILE = "/etc/kiln/" + CONFIG_KEY
+DASHBOARD_KEY = "kiln-dashboard.json"
 
 
 class Report:
@@ -75,27 +82,110 @@ def by_kind(docs, kind):
     return [d for d in docs if d.get("kind") == kind]
 
 
-def kiln_rules(report, name, docs):
-    """Kiln's deployment rules: the things the chart promises."""
-    w = name
-    config_maps = by_kind(docs, "ConfigMap")
-    deployments = by_kind(docs, "Deployment")
-    if not (report.check(len(config_maps) == 1, w, "expected one ConfigMap")
-            and report.check(len(deployments) == 1, w, "expected one Deployment")):
-        return None
-    text = config_maps[0]["data"]["kiln.toml"]
-    try:
-        config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        report.fail(w, f"kiln.toml is not TOML: {e}")
-        return None
-    report.check("url" not in config.get("amqp", {}) and "amqp://" not in text
-                 and "amqps://" not in text, w, "the ConfigMap carries a broker URL")
+def exported_metrics():
+    """Kiln's metric names (docs/OBSERVABILITY.md's table) and the sample
+    names a query may use: a histogram's _bucket, _sum and _count."""
+    text = (ROOT / "docs" / "OBSERVABILITY.md").read_text()
+    names = set()
+    for name, kind in re.findall(r"^\| `(kiln_[a-z_]+)` \| (\w+) \|", text, re.M):
+        names.add(name)
+        if kind == "histogram":
+            names.update(f"{name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return names
 
-    pod = deployments[0]["spec"]["template"]["spec"]
+
+def promql_metrics(report, where, expr):
+    """The metric names `expr` selects, or None (reported) if it does not parse."""
+    try:
+        ast = promql_parser.parse(expr)
+    except ValueError as e:
+        report.fail(where, f"PromQL does not parse: {e}: {expr}")
+        return None
+    names = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(ast, visit)
+    return names
+
+
+def check_queries(report, where, exprs, metrics):
+    """Each expression parses, and every kiln_* metric it reads is exported."""
+    for expr in exprs:
+        names = promql_metrics(report, where, expr)
+        for n in sorted(names or ()):
+            report.check(not n.startswith("kiln_") or n in metrics, where,
+                         f"{n} is not a metric Kiln exports (docs/OBSERVABILITY.md)")
+
+
+def grafana_queries(dashboard):
+    """Every panel target's expression and every query variable's, with the
+    Grafana variables replaced by values PromQL accepts."""
+    exprs = [v["query"]["query"] if isinstance(v.get("query"), dict) else v.get("query", "")
+             for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "query"]
+    panels = list(dashboard.get("panels", []))
+    for p in list(panels):
+        panels.extend(p.get("panels", []))
+    exprs += [t["expr"] for p in panels for t in p.get("targets", [])]
+    out = []
+    for e in exprs:
+        # label_values(metric, label) is Grafana's, not PromQL: check its selector.
+        m = re.fullmatch(r"label_values\((.*),\s*\w+\)", e.strip())
+        e = m.group(1) if m else e
+        out.append(re.sub(r"\$__\w+", "5m", e).replace("$", ""))
+    return out
+
+
+def check_dashboard(report, where, cm, metrics):
+    text = cm.get("data", {}).get(DASHBOARD_KEY)
+    if not report.check(text is not None, where, f"no {DASHBOARD_KEY}"):
+        return
+    try:
+        dashboard = json.loads(text)
+    except json.JSONDecodeError as e:
+        report.fail(where, f"{DASHBOARD_KEY} is not JSON: {e}")
+        return
+    for key in ("title", "uid", "panels", "schemaVersion", "templating"):
+        report.check(key in dashboard, where, f"dashboard without {key}")
+    panels = list(dashboard.get("panels", []))
+    for p in list(panels):
+        panels.extend(p.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    report.check(len(ids) == len(set(ids)) and None not in ids, where, "panel ids missing or repeated")
+    for p in panels:
+        report.check(p.get("type") == "row" or p.get("targets"), where, f"panel {p.get('title')} has no query")
+        g = p.get("gridPos", {})
+        report.check(all(isinstance(g.get(k), int) for k in "xywh") and g["x"] + g["w"] <= 24, where,
+                     f"panel {p.get('title')}: gridPos {g}")
+    uses = {m for e in grafana_queries(dashboard) for m in (promql_metrics(report, where, e) or ())}
+    for wanted in ("kiln_jobs_total", "kiln_job_duration_seconds_bucket", "kiln_jobs_in_flight",
+                   "kiln_retries_total", "kiln_dead_lettered_total", "kiln_job_fuel_consumed_bucket",
+                   "kiln_plugin_reloads_total", "kiln_capability_denials_total"):
+        report.check(wanted in uses, where, f"the dashboard does not show {wanted}")
+    check_queries(report, where, grafana_queries(dashboard), metrics)
+
+
+def check_rules(report, where, rule, metrics):
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            report.check(bool(r.get("alert") or r.get("record")), where, "a rule without alert or record")
+            check_queries(report, f"{where}: {r.get('alert') or r.get('record')}", [str(r["expr"])], metrics)
+            for key in ("summary", "description"):
+                report.check(r.get("alert") is None or key in r.get("annotations", {})
+                             or r["alert"] not in ALERTS, where, f"{r.get('alert')} without {key}")
+
+
+ALERTS = {"KilnWorkerNotReady", "KilnDeadLetterRate", "KilnJobErrorRate", "KilnReconnectStorm",
+          "KilnQueueBacklogAge"}
+
+
+def check_pod_security(report, w, pod):
     psc = pod.get("securityContext", {})
     report.check(pod.get("automountServiceAccountToken") is False, w,
                  "pod automountServiceAccountToken is not false")
+    volumes = {v["name"] for v in pod.get("volumes", [])}
     for c in pod.get("initContainers", []) + pod["containers"]:
         cw = f"{w}: container {c['name']}"
         sc = c.get("securityContext", {})
@@ -106,8 +196,34 @@ def kiln_rules(report, name, docs):
         seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
         report.check(seccomp.get("type") == "RuntimeDefault", cw, "seccompProfile RuntimeDefault")
         report.check("resources" in c, cw, "resources")
+        for m in c.get("volumeMounts", []):
+            report.check(m["name"] in volumes, cw, f"mounts {m['name']}, which is not a pod volume")
+
+
+def kiln_rules(report, name, docs, tests_expected):
+    """Kiln's deployment rules: the things the chart promises."""
+    w = name
+    config_maps = [c for c in by_kind(docs, "ConfigMap") if CONFIG_KEY in c.get("data", {})]
+    deployments = by_kind(docs, "Deployment")
+    if not (report.check(len(config_maps) == 1, w, f"expected one ConfigMap with {CONFIG_KEY}")
+            and report.check(len(deployments) == 1, w, "expected one Deployment")):
+        return None
+    text = config_maps[0]["data"][CONFIG_KEY]
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        report.fail(w, f"{CONFIG_KEY} is not JSON: {e}")
+        return None
+    report.check("url" not in config.get("amqp", {}) and "amqp://" not in text
+                 and "amqps://" not in text, w, "the ConfigMap carries a broker URL")
+
+    pod = deployments[0]["spec"]["template"]["spec"]
+    check_pod_security(report, w, pod)
 
     kiln = next(c for c in pod["containers"] if c["name"] == "kiln")
+    args = kiln.get("args", [])
+    report.check(args[:2] == ["--config-file", CONFIG_FILE], w,
+                 f"the worker is not started with --config-file {CONFIG_FILE}")
     port = int(config.get("http", {}).get("listen", "0.0.0.0:9090").rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in kiln.get("ports", [])}
     report.check(ports.get("http") == port, w, f"containerPort http != http.listen port {port}")
@@ -129,13 +245,45 @@ def kiln_rules(report, name, docs):
     secret_volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
     report.check(any(url_file.startswith(mounts.get(n, "//") + "/") for n in secret_volumes),
                  w, "KILN__AMQP__URL_FILE does not point into a mounted Secret")
-    report.check(mounts.get("config") == "/etc/kiln", w, "kiln.toml is not at /etc/kiln")
+    report.check(mounts.get("config") == "/etc/kiln", w, f"{CONFIG_KEY} is not at /etc/kiln")
+    # A directory plugins may be granted must be in the pod (extraVolumes).
+    for d in config.get("sandbox", {}).get("caps", {}).get("allowed_dirs", []):
+        report.check(any(d == m or d.startswith(m.rstrip("/") + "/") for m in mounts.values()), w,
+                     f"sandbox.caps.allowed_dirs {d} is not on a mounted volume")
     plugins_dir = config.get("plugins_dir")
     report.check(plugins_dir == "/opt/kiln/plugins" or plugins_dir in mounts.values(), w,
                  f"plugins_dir {plugins_dir} is neither mounted nor the image's")
     cache = config.get("sandbox", {}).get("cache", {})
     report.check(cache.get("dir") in mounts.values(), w, "the writable cache is not a volume")
     report.check(cache.get("baked_dir") == "/opt/kiln/cache", w, "baked_dir is not the image's")
+
+    selector = deployments[0]["spec"]["selector"]["matchLabels"]
+    port_number = port
+    tests = [p for p in by_kind(docs, "Pod")
+             if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    report.check(len(tests) == tests_expected, w, f"expected {tests_expected} helm test Pod(s)")
+    for test in tests:
+        tw = f"{w}: test Pod"
+        check_pod_security(report, tw, test["spec"])
+        labels = test["metadata"].get("labels", {})
+        report.check(any(labels.get(k) != v for k, v in selector.items()), tw,
+                     "carries the worker's selector labels (the Service would route to it)")
+        command = " ".join(test["spec"]["containers"][0].get("command", []))
+        report.check(re.search(rf":{port_number}/readyz\b", command) is not None, tw,
+                     f"does not GET /readyz on port {port_number}: {command}")
+        report.check(test["spec"].get("restartPolicy") == "Never", tw, "restartPolicy is not Never")
+
+    metrics = exported_metrics()
+    for rule in by_kind(docs, "PrometheusRule"):
+        check_rules(report, f"{w}: PrometheusRule", rule, metrics)
+        alerts = {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
+        report.check(alerts & ALERTS, w, "the PrometheusRule has none of Kiln's alerts")
+    for cm in by_kind(docs, "ConfigMap"):
+        if DASHBOARD_KEY in cm.get("data", {}):
+            check_dashboard(report, f"{w}: dashboard", cm, metrics)
+            own = [k for k in cm["metadata"].get("labels", {})
+                   if k != "helm.sh/chart" and not k.startswith("app.kubernetes.io/")]
+            report.check(len(own) == 1, w, f"the dashboard ConfigMap's sidecar label: {own}")
 
     for sa in by_kind(docs, "ServiceAccount"):
         report.check(sa.get("automountServiceAccountToken") is False, w,
@@ -187,9 +335,9 @@ def cmd_objects(args):
         before = len(report.errors)
         for doc in docs:
             schema_check(report, name, doc, args.kube, validators)
-        text = kiln_rules(report, name, docs)
+        text = kiln_rules(report, name, docs, 0 if args.skip_tests else 1)
         if text is not None:
-            (out / f"{name}.kiln.toml").write_text(text)
+            (out / f"{name}.kiln.json").write_text(text)
         kinds = ", ".join(sorted({d["kind"] for d in docs}))
         status = "ok" if len(report.errors) == before else "FAILED"
         print(f"  {name}: {len(docs)} objects ({kinds}): {status}")
@@ -279,6 +427,7 @@ def main():
     p = sub.add_parser("objects")
     p.add_argument("dir")
     p.add_argument("--kube", action="append", required=True)
+    p.add_argument("--skip-tests", action="store_true", help="rendered with helm template --skip-tests")
     sub.add_parser("dockerfile")
     sub.add_parser("readme")
     args = parser.parse_args()

@@ -97,8 +97,30 @@ servicemonitor = top("monitoring.coreos.com/v1", "ServiceMonitor", obj({
     "bodySizeLimit": S,
 }, ["endpoints", "selector"]))
 
+# prometheus-operator PrometheusRule monitoring.coreos.com/v1: a rule has
+# exactly one of alert and record (the CRD's OneOf=Record,Alert).
+rule = obj({
+    "record": S, "alert": S,
+    "expr": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+    "for": duration, "keep_firing_for": dict(duration, minLength=1),
+    "labels": STRMAP, "annotations": STRMAP,
+}, ["expr"])
+rule["oneOf"] = [{"required": ["alert"], "not": {"required": ["record"]}},
+                 {"required": ["record"], "not": {"required": ["alert"]}}]
+prometheusrule = top("monitoring.coreos.com/v1", "PrometheusRule", obj({
+    "groups": {"type": "array", "items": obj({
+        "name": {"type": "string", "minLength": 1},
+        "labels": STRMAP,
+        "interval": duration, "query_offset": duration,
+        "rules": {"type": "array", "items": rule},
+        "partial_response_strategy": {"type": "string", "pattern": "^([Aa][Bb][Oo][Rr][Tt]|[Ww][Aa][Rr][Nn])?$"},  # the CRD: ^(?i)(abort|warn)?$
+        "limit": {"type": "integer"},
+    }, ["name"])},
+}))
+
 for name, schema in [("keda.sh-v1alpha1-scaledobject", scaledobject),
                      ("keda.sh-v1alpha1-triggerauthentication", triggerauth),
-                     ("monitoring.coreos.com-v1-servicemonitor", servicemonitor)]:
+                     ("monitoring.coreos.com-v1-servicemonitor", servicemonitor),
+                     ("monitoring.coreos.com-v1-prometheusrule", prometheusrule)]:
     with open(name + ".json", "w") as f:
         json.dump(schema, f, indent=2); f.write("\n")

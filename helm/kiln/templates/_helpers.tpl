@@ -97,70 +97,23 @@ terminationGraceExtraSeconds.
 {{- add $seconds 5 (.Values.terminationGraceExtraSeconds | int64) -}}
 {{- end -}}
 
+{{/* Where the pod reads its config (the ConfigMap, mounted at /etc/kiln). */}}
+{{- define "kiln.configFile" -}}/etc/kiln/kiln.json{{- end -}}
+
 {{/*
-The effective kiln.toml content: the values' config with the chart's paths
-on top. amqp.url_file is not in it: KILN__AMQP__URL_FILE in the pod's
-environment points at the mounted Secret, so the rendered file can be
-checked anywhere with `kiln config check --config-file`.
+The effective config file, as JSON: the values' config with the chart's
+paths on top. Kiln picks the format from the extension (.json). Helm keeps
+whole numbers whole in JSON (its toToml would write 30000.0, which Kiln's
+integer keys reject). amqp.url_file is not in it: KILN__AMQP__URL_FILE in
+the pod's environment points at the mounted Secret, so the rendered file
+can be checked anywhere with `kiln config check --config-file`.
 */}}
 {{- define "kiln.config" -}}
 {{- $managed := dict
   "plugins_dir" (include "kiln.pluginsDir" .)
   "sandbox" (dict "cache" (dict "dir" "/var/cache/kiln" "baked_dir" "/opt/kiln/cache"))
 -}}
-{{- $config := mergeOverwrite (deepCopy (.Values.config | default dict)) $managed -}}
-{{- include "kiln.toml.table" (dict "prefix" "" "table" $config) -}}
-{{- end -}}
-
-{{/*
-A small TOML writer. Helm's own toToml turns every number into a float
-(values are parsed as JSON: 30000 becomes 30000.0), which Kiln's integer
-keys reject; this one writes whole numbers as integers. Scalars and arrays
-of a table come first, then its sub-tables as [a.b] headers. Null values
-are left out (TOML has no null).
-*/}}
-{{- define "kiln.toml.table" -}}
-{{- $prefix := .prefix -}}
-{{- $table := .table -}}
-{{- range $key := keys $table | sortAlpha -}}
-{{- $value := get $table $key -}}
-{{- if and (not (kindIs "map" $value)) (not (kindIs "invalid" $value)) }}
-{{ include "kiln.toml.key" $key }} = {{ include "kiln.toml.value" $value }}
-{{- end -}}
-{{- end -}}
-{{- range $key := keys $table | sortAlpha -}}
-{{- $value := get $table $key -}}
-{{- if kindIs "map" $value -}}
-{{- $name := include "kiln.toml.key" $key -}}
-{{- if $prefix -}}{{- $name = printf "%s.%s" $prefix $name -}}{{- end -}}
-{{- /* A header only where the table has keys of its own, or none at all. */ -}}
-{{- $own := 0 -}}
-{{- range $v := values $value -}}{{- if not (kindIs "map" $v) -}}{{- $own = add1 $own -}}{{- end -}}{{- end -}}
-{{- if or $own (not $value) }}
-
-[{{ $name }}]
-{{- end -}}
-{{- include "kiln.toml.table" (dict "prefix" $name "table" $value) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "kiln.toml.key" -}}
-{{- if regexMatch "^[A-Za-z0-9_-]+$" . -}}{{ . }}{{- else -}}{{ toJson . }}{{- end -}}
-{{- end -}}
-
-{{- define "kiln.toml.value" -}}
-{{- if kindIs "string" . -}}
-{{- toJson . -}}
-{{- else if kindIs "bool" . -}}
-{{- . -}}
-{{- else if or (kindIs "float64" .) (kindIs "float32" .) -}}
-{{- if eq (floor .) (float64 .) -}}{{- int64 . -}}{{- else -}}{{- . -}}{{- end -}}
-{{- else if kindIs "slice" . -}}
-[{{- range $i, $item := . -}}{{- if $i }}, {{ end -}}{{- include "kiln.toml.value" $item -}}{{- end -}}]
-{{- else -}}
-{{- . -}}
-{{- end -}}
+{{- mergeOverwrite (deepCopy (.Values.config | default dict)) $managed | toPrettyJson -}}
 {{- end -}}
 
 {{/* Keys of .Values.config the chart owns, refused with a message that says why. */}}
@@ -180,4 +133,17 @@ are left out (TOML has no null).
 {{- if hasKey $sandbox "cache" -}}
 {{- fail "kiln: config.sandbox.cache is set by the chart (writable /var/cache/kiln, baked /opt/kiln/cache); size it with cache.sizeLimit" -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Labels of the `helm test` Pod: not the worker's selector labels, so the
+Service, the PodDisruptionBudget and the NetworkPolicy's pod selector never
+pick it up.
+*/}}
+{{- define "kiln.testLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "kiln.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/part-of: kiln
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}

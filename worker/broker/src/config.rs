@@ -1,9 +1,10 @@
 //! The `[amqp]` section of the worker config.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How Kiln talks to RabbitMQ.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     /// The broker URL. Its password never appears in logs (see
@@ -15,6 +16,7 @@ pub struct AmqpConfig {
     pub url_file: Option<std::path::PathBuf>,
     /// The jobs queue. Every other name derives from it: `<queue>.dead`,
     /// `<queue>.retry.<n>`, `<queue>.results`. Default: `kiln.jobs`.
+    #[schemars(length(min = 1))]
     pub queue: String,
     /// The type of the jobs, dead-letter and results queues. Default: `quorum`.
     pub queue_type: QueueType,
@@ -22,6 +24,7 @@ pub struct AmqpConfig {
     /// Higher keeps workers busy across network round trips; lower spreads
     /// jobs over more workers. Keep `prefetch × deadline` well under the
     /// broker's 30-minute `consumer_timeout`. Default: 64.
+    #[schemars(range(min = 1))]
     pub prefetch: u16,
     /// The quorum queue's `x-delivery-limit`: deliveries (including the
     /// redeliveries that kills and reconnects cause) after which the broker
@@ -96,7 +99,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The kind of durable queue for jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     /// Replicated, with a delivery limit and at-least-once dead-lettering.

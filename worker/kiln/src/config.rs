@@ -1,8 +1,10 @@
 //! The worker's one typed config, read with the `config` crate: built-in
-//! defaults, then a TOML file, then environment variables
-//! (`KILN__SECTION__KEY`, for example `KILN__SANDBOX__LIMITS__FUEL=1000`).
-//! The `__` separator keeps Kubernetes' `<SERVICE>_SERVICE_HOST` variables
-//! from ever matching a key.
+//! defaults, then a TOML or JSON file (by its extension), then environment
+//! variables (`KILN__SECTION__KEY`, for example
+//! `KILN__SANDBOX__LIMITS__FUEL=1000`). The `__` separator keeps
+//! Kubernetes' `<SERVICE>_SERVICE_HOST` variables from ever matching a key.
+//! [`json_schema`] describes the file, generated from these types; the Helm
+//! chart's `values.schema.json` embeds it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,13 +12,14 @@ use std::time::Duration;
 use kiln_broker::AmqpConfig;
 use kiln_protocol::RetryPolicy;
 use kiln_sandbox::SandboxConfig;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The file read when `--config-file` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/kiln/kiln.toml";
 
 /// Everything Kiln reads at start.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KilnConfig {
     /// Directory scanned for plugin `*.wasm` files. Default: `plugins`.
@@ -36,7 +39,7 @@ pub struct KilnConfig {
 }
 
 /// Log output (to stderr).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `auto` (human-readable on a terminal, JSON lines otherwise), `json`
@@ -57,7 +60,7 @@ impl Default for LogConfig {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Text on a terminal, JSON lines otherwise.
@@ -70,10 +73,11 @@ pub enum LogFormat {
 
 /// The HTTP server of `kiln worker`: `/healthz` (liveness) and `/readyz`
 /// (readiness: connected, consuming, not draining).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to listen on. Default: `0.0.0.0:9090`.
+    #[schemars(regex(pattern = r"^.+:[0-9]{1,5}$"))]
     pub listen: std::net::SocketAddr,
 }
 
@@ -87,7 +91,7 @@ impl Default for HttpConfig {
 
 /// Hot reload of the plugins directory by `kiln worker` (docs/PLUGINS.md,
 /// "Hot reload"). SIGHUP always rescans, whatever these say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Watch the directory for changes (inotify on Linux). Cheap and
@@ -98,6 +102,7 @@ pub struct ReloadConfig {
     /// before it is loaded, in milliseconds, so a file still being copied
     /// is never loaded half-written. Longer is safer for slow writers and
     /// delays every reload by as much. Default: 300.
+    #[schemars(range(min = 1, max = 60_000))]
     pub settle_ms: u64,
     /// Rescan the directory this often, in milliseconds, whether or not
     /// the watcher saw anything; `0` turns polling off. A scan reads only
@@ -116,7 +121,7 @@ impl Default for ReloadConfig {
 }
 
 /// The plugins directory (a newtype for its default).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct PluginsDir(pub PathBuf);
 
@@ -127,7 +132,7 @@ impl Default for PluginsDir {
 }
 
 /// How jobs flow through the pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Jobs run at once. `0` means one per CPU. More than the CPUs only
@@ -136,6 +141,7 @@ pub struct PipelineConfig {
     pub concurrency: usize,
     /// Attempts for a retryable outcome (`timeout`, `internal`) before the
     /// job is answered with its error and dead-lettered. Default: 3.
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// Delay before the first retry, in milliseconds; each further retry
     /// multiplies it by 4, up to `max_backoff_ms`. Default: 1,000.
@@ -189,6 +195,12 @@ pub enum ConfigError {
     /// A layer could not be read or merged, or a key is unknown or mistyped.
     #[error("invalid config: {0}")]
     Read(#[from] config::ConfigError),
+    /// The file's extension names no format Kiln reads.
+    #[error("invalid config: {}: unknown format (name it *.toml or *.json)", path.display())]
+    UnknownFormat {
+        /// The file given.
+        path: PathBuf,
+    },
     /// A value is out of range.
     #[error("invalid config: {key}: {message}")]
     Invalid {
@@ -201,22 +213,24 @@ pub enum ConfigError {
 
 impl KilnConfig {
     /// Reads the layers: defaults, then `file` (or [`DEFAULT_CONFIG_FILE`]
-    /// when it exists), then `KILN__*` environment variables.
+    /// when it exists), then `KILN__*` environment variables. The file is
+    /// JSON if its name ends in `.json`, TOML if in `.toml`.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        match file {
-            Some(path) => builder = builder.add_source(config::File::from(path).required(true)),
-            None => {
-                builder = builder
-                    .add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false));
-            }
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("KILN")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        let (path, required) = match file {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_CONFIG_FILE), false),
+        };
+        let format = file_format(path).ok_or_else(|| ConfigError::UnknownFormat {
+            path: path.to_owned(),
+        })?;
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(format).required(required))
+            .add_source(
+                config::Environment::with_prefix("KILN")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
         let mut config: Self = builder.build()?.try_deserialize()?;
         config.read_secret_files()?;
         config.validate()?;
@@ -327,6 +341,32 @@ impl KilnConfig {
     }
 }
 
+/// The format of a config file, by its extension (`.toml` or `.json`).
+fn file_format(path: &Path) -> Option<config::FileFormat> {
+    match path.extension()?.to_str()? {
+        "toml" => Some(config::FileFormat::Toml),
+        "json" => Some(config::FileFormat::Json),
+        _ => None,
+    }
+}
+
+/// The JSON schema (draft 07) of the config file, generated from
+/// [`KilnConfig`]'s types: unknown keys, wrong types, unknown enum values and
+/// the ranges [`KilnConfig::validate`] checks one key at a time fail it.
+/// Every subschema is inlined and `$schema` left out, so it can be embedded
+/// in another schema: the Helm chart's `values.schema.json` types its
+/// `config` section with it (a unit test keeps the two equal).
+pub fn json_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<KilnConfig>().to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+    }
+    schema
+}
+
 /// The memory limit of the cgroup this process runs in, in bytes, or `None`
 /// when unlimited or not in a cgroup (cgroup v2, then v1).
 pub fn cgroup_memory_limit() -> Option<u64> {
@@ -356,6 +396,83 @@ mod tests {
         let path = dir.path().join("kiln.toml");
         std::fs::write(&path, text).unwrap();
         KilnConfig::load(Some(&path))
+    }
+
+    #[test]
+    fn json_files_load_like_toml_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("kiln.json");
+        std::fs::write(
+            &json,
+            r#"{"sandbox": {"limits": {"fuel": 5}}, "pipeline": {"concurrency": 3}}"#,
+        )
+        .unwrap();
+        let from_json = KilnConfig::load(Some(&json)).unwrap();
+        let from_toml =
+            load_toml("[sandbox.limits]\nfuel = 5\n[pipeline]\nconcurrency = 3\n").unwrap();
+        assert_eq!(from_json, from_toml);
+
+        std::fs::write(&json, r#"{"pipeline": {"concurency": 3}}"#).unwrap();
+        let err = KilnConfig::load(Some(&json)).unwrap_err().to_string();
+        assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn the_extension_picks_the_format() {
+        for (name, format) in [
+            ("/etc/kiln/kiln.toml", Some(config::FileFormat::Toml)),
+            ("kiln.json", Some(config::FileFormat::Json)),
+            ("kiln.yaml", None),
+            ("kiln", None),
+        ] {
+            assert_eq!(file_format(Path::new(name)), format, "{name}");
+        }
+        let err = KilnConfig::load(Some(Path::new("kiln.conf")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kiln.conf") && err.contains("*.json"), "{err}");
+    }
+
+    /// The Helm chart's `values.schema.json` types `config` with
+    /// [`json_schema`]; this keeps the committed copy current (CI runs it).
+    #[test]
+    fn chart_schema_types_the_config_as_kiln_does() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/kiln/values.schema.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut values: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let generated = json_schema();
+        if values["properties"]["config"] == generated {
+            return;
+        }
+        if std::env::var_os("KILN_UPDATE_SCHEMA").is_some() {
+            values["properties"]["config"] = generated;
+            let text = serde_json::to_string_pretty(&values).unwrap() + "\n";
+            std::fs::write(&path, text).unwrap();
+            return;
+        }
+        panic!(
+            "{}: properties.config differs from Kiln's config types; rewrite it with \
+             `KILN_UPDATE_SCHEMA=1 cargo test --release -p kiln config::` and commit it",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn the_schema_is_self_contained_and_strict() {
+        let schema = json_schema();
+        let text = schema.to_string();
+        assert!(
+            !text.contains("$ref") && !text.contains("$schema"),
+            "{text}"
+        );
+        assert_eq!(schema["additionalProperties"], false);
+        let limits = &schema["properties"]["sandbox"]["properties"]["limits"];
+        assert_eq!(limits["additionalProperties"], false);
+        assert_eq!(limits["properties"]["timeout_ms"]["minimum"], 1);
+        assert_eq!(
+            schema["properties"]["amqp"]["properties"]["prefetch"]["minimum"],
+            1
+        );
     }
 
     #[test]

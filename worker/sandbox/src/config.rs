@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Everything the sandbox needs to know, with production defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// Hard limits applied to every job.
@@ -29,7 +30,7 @@ pub struct SandboxConfig {
 /// The operator's caps on plugin manifests (`<stem>.toml`). A manifest
 /// asking for more is refused at load. An unset cap is the matching default
 /// in `[sandbox.limits]`, so by default a manifest can only lower limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Caps {
     /// Most memory per job a manifest may ask for, in bytes. The pool's
@@ -49,7 +50,7 @@ pub struct Caps {
 }
 
 /// Limits on every job. A job may ask for a shorter deadline, never a longer one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Fuel budget per job, in wasmtime fuel units (about one per wasm
@@ -59,9 +60,11 @@ pub struct Limits {
     /// Cap on the total linear memory of one job's instance, in bytes, summed
     /// over all of its memories. Hitting it gives `memory-limit`.
     /// Default: 64 MiB.
+    #[schemars(range(min = 65_536))]
     pub memory_bytes: usize,
     /// Wall-clock deadline per job, in milliseconds, including instantiation.
     /// Hitting it gives `timeout`. Default: 10,000 (10 s).
+    #[schemars(range(min = 1))]
     pub timeout_ms: u64,
     /// Largest input accepted, in bytes (for a batch, the sum of its inputs).
     /// Larger gives `payload-too-large`. Default: 4 MiB.
@@ -111,12 +114,13 @@ impl Default for Limits {
 
 /// The pooling allocator, shared by every plugin in the process. It is sized
 /// up front, so its limits are also the worker's concurrency ceiling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Component instances alive at once (jobs in flight, plus plugin
     /// validation at load). Beyond it a job fails with a retryable `internal`
     /// error. Default: 128.
+    #[schemars(range(min = 1))]
     pub max_instances: u32,
     /// Core instances one component may hold. Rust components hold a few;
     /// adapted JS or Python components hold more. Default: 50.
@@ -148,7 +152,7 @@ impl Default for PoolConfig {
 }
 
 /// The two-tier component cache.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Writable cache directory: components compiled here are reused by

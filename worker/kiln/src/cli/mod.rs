@@ -39,7 +39,7 @@ struct Global {
     /// The writable component cache directory [config: sandbox.cache.dir]
     #[arg(long, global = true, value_name = "DIR")]
     cache: Option<PathBuf>,
-    /// The worker config file (TOML) [default: /etc/kiln/kiln.toml if present]
+    /// The worker config file, TOML or JSON by its extension [default: /etc/kiln/kiln.toml if present]
     #[arg(long, global = true, value_name = "PATH")]
     config_file: Option<PathBuf>,
 }
