@@ -33,7 +33,10 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("readable source dir").flatten() {
+        for entry in std::fs::read_dir(&d)
+            .expect("readable source dir")
+            .flatten()
+        {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
@@ -199,9 +202,17 @@ fn the_crates_keep_to_their_side() {
     );
     let mut problems = Vec::new();
     problems.extend(forbidden(&graph, "kiln-protocol", BROKER_CLIENTS));
-    problems.extend(forbidden(&graph, "kiln-protocol", &["wasmtime", "kiln-sandbox"]));
+    problems.extend(forbidden(
+        &graph,
+        "kiln-protocol",
+        &["wasmtime", "kiln-sandbox"],
+    ));
     problems.extend(forbidden(&graph, "kiln-sandbox", BROKER_CLIENTS));
     problems.extend(forbidden(&graph, "kiln-sandbox", &["kiln-protocol"]));
-    problems.extend(forbidden(&graph, "kiln-broker", &["wasmtime", "kiln-sandbox"]));
+    problems.extend(forbidden(
+        &graph,
+        "kiln-broker",
+        &["wasmtime", "kiln-sandbox"],
+    ));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

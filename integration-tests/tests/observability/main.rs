@@ -279,9 +279,7 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
     assert_eq!(publish.parent_span_id, root.span_id);
     assert_eq!(publish.trace_id, root.trace_id);
 
-    let done = broker
-        .drain(&q.results(), 1, Duration::from_secs(30))
-        .await;
+    let done = broker.drain(&q.results(), 1, Duration::from_secs(30)).await;
     assert_eq!(done.len(), 1, "the enqueued job was answered");
 
     // Nothing from the worker yet: its batch only leaves on shutdown.

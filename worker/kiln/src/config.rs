@@ -452,7 +452,7 @@ mod tests {
         }
         panic!(
             "{}: properties.config differs from Kiln's config types; rewrite it with \
-             `KILN_UPDATE_SCHEMA=1 cargo test --release -p kiln config::` and commit it",
+             `KILN_UPDATE_SCHEMA=1 cargo test --release --workspace --lib config::` and commit it",
             path.display()
         );
     }
