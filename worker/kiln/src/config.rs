@@ -193,8 +193,16 @@ impl PipelineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A layer could not be read or merged, or a key is unknown or mistyped.
-    #[error("invalid config: {0}")]
-    Read(#[from] config::ConfigError),
+    /// The cause says which key and which file; it is printed once, as the
+    /// source.
+    #[error("invalid config ({layers})")]
+    Read {
+        /// The layers read: the file, if there is one, and the environment.
+        layers: String,
+        /// What is wrong, and where.
+        #[source]
+        source: config::ConfigError,
+    },
     /// The file's extension names no format Kiln reads.
     #[error("invalid config: {}: unknown format (name it *.toml or *.json)", path.display())]
     UnknownFormat {
@@ -224,14 +232,26 @@ impl KilnConfig {
             path: path.to_owned(),
         })?;
         let builder = config::Config::builder()
-            .add_source(config::File::from(path).format(format).required(required))
+            .add_source(FileAsGiven {
+                path: path.to_owned(),
+                format,
+                required,
+            })
             .add_source(
                 config::Environment::with_prefix("KILN")
                     .prefix_separator("__")
                     .separator("__")
                     .try_parsing(true),
             );
-        let mut config: Self = builder.build()?.try_deserialize()?;
+        let layers = if required || path.exists() {
+            format!("{} and KILN__* variables", path.display())
+        } else {
+            "defaults and KILN__* variables".to_owned()
+        };
+        let mut config: Self = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|source| ConfigError::Read { layers, source })?;
         config.read_secret_files()?;
         config.validate()?;
         Ok(config)
@@ -342,6 +362,47 @@ impl KilnConfig {
 }
 
 /// The format of a config file, by its extension (`.toml` or `.json`).
+/// The config file layer. `config::File` names a file in its errors by a
+/// path it makes relative to the working directory (`/tmp/k.toml` comes
+/// back as `../../tmp/k.toml`); this source reads the file itself and hands
+/// the text to the same parser, so errors name the path as the operator
+/// gave it.
+#[derive(Debug, Clone)]
+struct FileAsGiven {
+    path: PathBuf,
+    format: config::FileFormat,
+    required: bool,
+}
+
+impl config::Source for FileAsGiven {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        use config::Format as _;
+        let uri = self.path.display().to_string();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.required => {
+                return Ok(config::Map::new());
+            }
+            Err(e) => {
+                return Err(config::ConfigError::FileParse {
+                    uri: Some(uri),
+                    cause: Box::new(e),
+                });
+            }
+        };
+        self.format
+            .parse(Some(&uri), text.trim_start_matches('\u{feff}'))
+            .map_err(|cause| config::ConfigError::FileParse {
+                uri: Some(uri),
+                cause,
+            })
+    }
+}
+
 fn file_format(path: &Path) -> Option<config::FileFormat> {
     match path.extension()?.to_str()? {
         "toml" => Some(config::FileFormat::Toml),
@@ -391,6 +452,45 @@ fn parse_memory_limit(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The error as the binary prints it (`{:#}`): each cause after a colon.
+    fn report(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out = format!("{out}: {cause}");
+            next = cause.source();
+        }
+        out
+    }
+
+    /// Each cause is printed once, and the file is named by the path given,
+    /// not one made relative to the working directory.
+    #[test]
+    fn errors_print_each_cause_once_with_the_path_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[sandbox.limits]\ntimeot_ms = 5\n").unwrap();
+        let err = report(&KilnConfig::load(Some(&path)).unwrap_err());
+        assert_eq!(err.matches("timeot_ms").count(), 1, "{err}");
+        // The key's own error names no file: the layers read say which.
+        assert_eq!(err.matches("invalid config").count(), 1, "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        std::fs::write(&path, "[amqp]\nprefetch = \"x\"\n").unwrap();
+        let err = report(&KilnConfig::load(Some(&path)).unwrap_err());
+        assert_eq!(err.matches("expected an integer").count(), 1, "{err}");
+        assert!(err.contains("amqp.prefetch"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        std::fs::write(&path, "[amqp\n").unwrap();
+        let err = report(&KilnConfig::load(Some(&path)).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        let missing = dir.path().join("missing.toml");
+        let err = report(&KilnConfig::load(Some(&missing)).unwrap_err());
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+
     fn load_toml(text: &str) -> Result<KilnConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kiln.toml");
@@ -413,7 +513,7 @@ mod tests {
         assert_eq!(from_json, from_toml);
 
         std::fs::write(&json, r#"{"pipeline": {"concurency": 3}}"#).unwrap();
-        let err = KilnConfig::load(Some(&json)).unwrap_err().to_string();
+        let err = report(&KilnConfig::load(Some(&json)).unwrap_err());
         assert!(err.contains("concurency"), "{err}");
     }
 
@@ -519,16 +619,14 @@ mod tests {
             ("[reload]\nsettle_ms = 0\n", "reload.settle_ms"),
             ("[reload]\nwach = false\n", "wach"),
         ] {
-            let err = load_toml(text).unwrap_err().to_string();
+            let err = report(&load_toml(text).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }
 
     #[test]
     fn bad_url_is_named_but_never_echoed() {
-        let err = load_toml("[amqp]\nurl = \"http://u:hunter2@h\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = report(&load_toml("[amqp]\nurl = \"http://u:hunter2@h\"\n").unwrap_err());
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -545,7 +643,7 @@ mod tests {
         assert!(printed.contains("kiln:***@rabbit"), "{printed}");
 
         std::fs::remove_file(&secret).unwrap();
-        let err = load_toml(&text).unwrap_err().to_string();
+        let err = report(&load_toml(&text).unwrap_err());
         assert!(err.contains("amqp.url_file"), "{err}");
     }
 
