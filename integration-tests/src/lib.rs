@@ -1,6 +1,8 @@
 //! Shared helpers for Kiln's integration tests and benchmarks: where the
 //! built plugins are, and sandboxes with test limits.
 
+pub mod instructions;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
