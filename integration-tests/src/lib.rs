@@ -5,6 +5,8 @@
 
 pub mod broker;
 
+pub mod instructions;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
