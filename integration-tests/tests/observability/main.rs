@@ -603,6 +603,17 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     for line in text.lines().filter(|l| l.starts_with("# HELP")) {
         assert!(!line.ends_with(".."), "{line}");
     }
+    // The standard process metrics, read from /proc.
+    assert!(
+        sample(&text, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{text}"
+    );
+    assert!(sample(&text, "process_open_fds").unwrap() >= 3.0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
     stop(worker).await;
 }
 

@@ -15,6 +15,7 @@
 //! `removed` or `failed`.
 
 pub mod broker;
+pub mod process;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -438,6 +439,7 @@ impl Exposition {
             jobs.reloads.clone(),
         );
         registry.register_collector(Box::new(PluginsNow(plugins)));
+        registry.register_collector(Box::new(process::ProcessMetrics));
         Self { registry }
     }
 
