@@ -477,8 +477,19 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
     check_samples(
         &text,
         &[
-            ("kiln_retries_total", 2.0),
-            ("kiln_dead_lettered_total", 2.0),
+            (
+                "kiln_retries_total{plugin=\"hostile-spin\",kind=\"timeout\"}",
+                2.0,
+            ),
+            (
+                "kiln_dead_lettered_total{plugin=\"hostile-spin\",kind=\"timeout\"}",
+                1.0,
+            ),
+            // Not loaded: its name makes no series.
+            (
+                "kiln_dead_lettered_total{plugin=\"unknown\",kind=\"unknown-plugin\"}",
+                1.0,
+            ),
             ("kiln_jobs_acked_total", 8.0),
             ("kiln_amqp_reconnects_total", 0.0),
             ("kiln_jobs_in_flight", 0.0),
@@ -567,10 +578,133 @@ async fn metrics_count_outcomes_retries_and_dead_letters() {
         &[
             ("kiln_plugin_cache_hits_total", 3.0),
             ("kiln_plugin_cache_misses_total", 0.0),
-            ("kiln_retries_total", 0.0),
         ],
     );
+    // Before any job, every counter of each loaded plugin exists at 0, so
+    // that `increase()` sees its first event; HELP lines end in one period.
+    for plugin in ["uppercase", "hostile-panic", "hostile-spin"] {
+        for outcome in ["ok", "trap", "timeout", "fuel-exhausted", "internal"] {
+            let series = format!(
+                "kiln_jobs_total{{plugin=\"{plugin}\",version=\"1.0.0\",outcome=\"{outcome}\"}}"
+            );
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
+        for capability in ["tcp", "udp", "dns"] {
+            let series = format!(
+                "kiln_capability_denials_total{{plugin=\"{plugin}\",capability=\"{capability}\"}}"
+            );
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
+    }
+    for result in ["loaded", "removed", "failed"] {
+        let series = format!("kiln_plugin_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+    }
+    for line in text.lines().filter(|l| l.starts_with("# HELP")) {
+        assert!(!line.ends_with(".."), "{line}");
+    }
+    // The standard process metrics, read from /proc.
+    assert!(
+        sample(&text, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{text}"
+    );
+    assert!(sample(&text, "process_open_fds").unwrap() >= 3.0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
     stop(worker).await;
+}
+
+// ------------------------------------------------------------------ logs
+
+/// `GET /readyz` on 127.0.0.1:`port` answers 200.
+fn ready_at(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// A reply whose requester's queue is gone is logged by the worker with
+/// its job id, routing key and size, and its body reaches no log line,
+/// even at `debug` (lapin's own event for it, which prints the body's
+/// bytes, is silenced).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unroutable_reply_is_logged_without_its_body() {
+    let q = queue("unroutable");
+    let plugins = kiln_integration_tests::plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = kiln()
+        .args(["worker", "--amqp-url", URL, "--queue", &q])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache")
+        .arg(cache.path())
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "debug")
+        .env("KILN__LOG__FORMAT", "json")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logs.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ready_at(port) {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let broker = Broker::connect().await;
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from("unroutable-1"))
+        .with_reply_to(ShortString::from("obs-no-such-reply-queue-7f3e"));
+    broker
+        .publish_with(
+            &q,
+            job("unroutable-1", "uppercase", "zebra-quartz-secret"),
+            props,
+        )
+        .await;
+    let started = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(logs.path()).unwrap();
+        if text.contains("reply unroutable") || started.elapsed() > Duration::from_secs(30) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("reply unroutable"))
+        .unwrap_or_else(|| panic!("no unroutable line in\n{text}"));
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    let fields = &line["fields"];
+    assert_eq!(fields["job_id"], "unroutable-1", "{line}");
+    assert_eq!(fields["reply_to"], "obs-no-such-reply-queue-7f3e", "{line}");
+    assert!(fields["reply_bytes"].as_u64().unwrap_or(0) > 0, "{line}");
+    // The reply's output, in any case, and raw bytes reach no line.
+    assert!(!text.contains("ZEBRA-QUARTZ-SECRET"), "{text}");
+    assert!(!text.contains("data: ["), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

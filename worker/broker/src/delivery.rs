@@ -74,12 +74,8 @@ impl<H: JobHandler> Job<H> {
                 }
             };
             drop(slot);
-            let span = tracing::Span::current();
-            span.record(fields::JOB_ID, handled.job_id.as_str());
-            span.record(
-                fields::OUTCOME,
-                handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str),
-            );
+            record_outcome(&tracing::Span::current(), &handled);
+            let failure = Failure::of(&handled);
             let delivered = Delivered {
                 body: &delivery.data,
                 properties: &delivery.properties,
@@ -94,7 +90,7 @@ impl<H: JobHandler> Job<H> {
             );
             // Only a confirmed outcome acks the job; the settler sends the
             // ack (coalesced with others), this task does not wait for it.
-            let published = self.publish(plan).await;
+            let published = self.publish(plan, &failure).await;
             if let Err(error) = &published {
                 tracing::warn!(%error, "publish not confirmed, requeueing the job");
             }
@@ -121,7 +117,11 @@ impl<H: JobHandler> Job<H> {
     /// replies are `mandatory`), not necessarily this publish's: nobody can
     /// receive it, and retrying would loop forever, so it is logged by its
     /// own job id, counted, and dropped.
-    async fn publish(&self, plan: Vec<Publish<'_>>) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        plan: Vec<Publish<'_>>,
+        failure: &Failure<'_>,
+    ) -> Result<(), BrokerError> {
         for publish in plan {
             let Publish {
                 purpose,
@@ -139,6 +139,7 @@ impl<H: JobHandler> Job<H> {
                 tracing::warn!(
                     reply_to = returned.routing_key,
                     job_id = returned.message_id,
+                    reply_bytes = returned.body.len(),
                     reason = returned.reply_text,
                     "reply unroutable, dropped"
                 );
@@ -146,16 +147,50 @@ impl<H: JobHandler> Job<H> {
             match purpose {
                 Purpose::Reply => {}
                 Purpose::Retry { next_attempt } => {
-                    self.stats.retried.fetch_add(1, Relaxed);
+                    self.stats.count_retry(failure.plugin, failure.kind);
                     tracing::info!(queue, next_attempt, "job scheduled for retry");
                 }
                 Purpose::DeadLetter { kind } => {
-                    self.stats.dead_lettered.fetch_add(1, Relaxed);
+                    self.stats.count_dead_letter(failure.plugin, kind);
                     tracing::warn!(queue, kind, "job dead-lettered");
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The labels of a job's retry or dead letter: the plugin it resolved to
+/// (or [`UNKNOWN_PLUGIN`](crate::stats::UNKNOWN_PLUGIN): a name taken from
+/// a job makes no series unless it was loaded) and its error kind.
+struct Failure<'a> {
+    plugin: &'a str,
+    kind: &'static str,
+}
+
+impl<'a> Failure<'a> {
+    fn of(handled: &'a Handled) -> Self {
+        // A version is only set when a loaded plugin served the job.
+        let plugin = match handled.reply.plugin_version {
+            Some(_) => handled.reply.plugin.as_str(),
+            None => crate::stats::UNKNOWN_PLUGIN,
+        };
+        let kind = handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str);
+        Self { plugin, kind }
+    }
+}
+
+/// Records the job's id and outcome into its `span`; a failed job also
+/// gets the OTel error status and its kind as `error.type`.
+fn record_outcome(span: &tracing::Span, handled: &Handled) {
+    span.record(fields::JOB_ID, handled.job_id.as_str());
+    span.record(
+        fields::OUTCOME,
+        handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str),
+    );
+    if let Some(kind) = handled.error {
+        span.record(fields::STATUS_CODE, "ERROR");
+        span.record(fields::ERROR_TYPE, kind.as_str());
     }
 }
 
@@ -186,6 +221,8 @@ fn job_span(
         { fields::PLUGIN } = tracing::field::Empty,
         { fields::PLUGIN_VERSION } = tracing::field::Empty,
         { fields::OUTCOME } = tracing::field::Empty,
+        { fields::STATUS_CODE } = tracing::field::Empty,
+        { fields::ERROR_TYPE } = tracing::field::Empty,
     )
 }
 
@@ -217,6 +254,120 @@ mod tests {
         fn event(&self, _: &Event<'_>) {}
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}
+    }
+
+    /// Keeps every field recorded into a span after its creation.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, String)>>);
+
+    impl tracing::field::Visit for &Recorder {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((field.name().to_owned(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+
+    impl Subscriber for &'static Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, values: &Record<'_>) {
+            let mut visitor: &Recorder = self;
+            values.record(&mut visitor);
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    fn recorded(handled: &Handled) -> Vec<(String, String)> {
+        let recorder: &'static Recorder = Box::leak(Box::default());
+        tracing::subscriber::with_default(recorder, || {
+            let props = lapin::BasicProperties::default();
+            let span = job_span("q", "q", &Incoming::read(&props), 3);
+            record_outcome(&span, handled);
+        });
+        std::mem::take(
+            &mut *recorder
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// A failed job's span carries the OTel error status and its kind; a
+    /// successful one neither.
+    #[test]
+    fn a_failed_job_span_has_the_error_status_and_type() {
+        use kiln_protocol::{Disposition, ErrorKind, JobError, Reply};
+        let failed = Handled {
+            job_id: "j1".into(),
+            reply: Reply::error("j1", "upper", JobError::new(ErrorKind::Trap, "it broke")),
+            encoded: Vec::new(),
+            error: Some(ErrorKind::Trap),
+            disposition: Disposition::Reply,
+        };
+        let fields = recorded(&failed);
+        for (name, value) in [
+            (fields::OUTCOME, "trap"),
+            (fields::STATUS_CODE, "ERROR"),
+            (fields::ERROR_TYPE, "trap"),
+        ] {
+            assert!(
+                fields.contains(&(name.to_owned(), value.to_owned())),
+                "{name}={value} in {fields:?}"
+            );
+        }
+        let ok = Handled {
+            error: None,
+            ..failed
+        };
+        let fields = recorded(&ok);
+        assert!(
+            fields
+                .iter()
+                .all(|(name, _)| name != fields::STATUS_CODE && name != fields::ERROR_TYPE),
+            "{fields:?}"
+        );
+    }
+
+    /// Retries and dead letters are labelled by a loaded plugin only.
+    #[test]
+    fn failure_labels_name_only_a_resolved_plugin() {
+        use kiln_protocol::{Disposition, ErrorKind, JobError, Reply};
+        let mut handled = Handled {
+            job_id: "j1".into(),
+            reply: Reply::error(
+                "j1",
+                "made-up",
+                JobError::new(ErrorKind::UnknownPlugin, "no"),
+            ),
+            encoded: Vec::new(),
+            error: Some(ErrorKind::UnknownPlugin),
+            disposition: Disposition::ReplyAndDeadLetter,
+        };
+        let failure = Failure::of(&handled);
+        assert_eq!(
+            (failure.plugin, failure.kind),
+            ("unknown", "unknown-plugin")
+        );
+        handled.reply.plugin = "upper".into();
+        handled.reply.plugin_version = Some("1.0.0".into());
+        handled.error = Some(ErrorKind::Timeout);
+        let failure = Failure::of(&handled);
+        assert_eq!((failure.plugin, failure.kind), ("upper", "timeout"));
     }
 
     /// The pipeline records into the job's span by the names of

@@ -15,6 +15,7 @@
 //! `removed` or `failed`.
 
 pub mod broker;
+pub mod process;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ struct DenialLabels {
 struct ReloadLabels {
     result: &'static str,
 }
+
+/// The `result` label values of `kiln_plugin_reloads_total`.
+const RELOAD_RESULTS: [&str; 3] = ["loaded", "removed", "failed"];
 
 /// Labels of `kiln_build_info`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -173,6 +177,33 @@ impl JobMetrics {
             &self.versions,
             plugins.plugins().map(|p| p.version().to_string()),
         );
+        self.zero(plugins);
+    }
+
+    /// Creates every counter series of the plugins in `plugins` (and the
+    /// reload results) at 0, so that `increase()` sees their first event.
+    /// Existing series keep their values.
+    fn zero(&self, plugins: &Plugins) {
+        for result in RELOAD_RESULTS {
+            drop(self.reloads.get_or_create(&ReloadLabels { result }));
+        }
+        for p in plugins.plugins() {
+            let plugin = self.label(p.name());
+            let version = self.version_label(Some(&p.version().to_string()));
+            for outcome in std::iter::once("ok").chain(ErrorKind::ALL.map(ErrorKind::as_str)) {
+                drop(self.jobs.get_or_create(&JobLabels {
+                    plugin: plugin.clone(),
+                    version: version.clone(),
+                    outcome,
+                }));
+            }
+            for capability in kiln_sandbox::Capability::ALL {
+                drop(self.denials.get_or_create(&DenialLabels {
+                    plugin: plugin.clone(),
+                    capability: capability.as_str(),
+                }));
+            }
+        }
     }
 
     fn cache_counter(&self, hit: bool) -> &Counter {
@@ -349,34 +380,34 @@ impl Exposition {
         let mut registry = Registry::default();
         registry.register(
             "kiln_jobs",
-            "Job attempts handled, by plugin (`unknown` when not loaded) and outcome (`ok` or the error kind).",
+            "Job attempts handled, by plugin (`unknown` when not loaded) and outcome (`ok` or the error kind)",
             jobs.jobs.clone(),
         );
         registry.register_with_unit(
             "kiln_job_duration",
-            "Wall-clock time of a job in its plugin, instantiation included.",
+            "Wall-clock time of a job in its plugin, instantiation included",
             Unit::Seconds,
             jobs.duration.clone(),
         );
         registry.register(
             "kiln_job_fuel_consumed",
-            "Fuel a job consumed (wasmtime fuel units, roughly one per instruction).",
+            "Fuel a job consumed (wasmtime fuel units, roughly one per instruction)",
             jobs.fuel.clone(),
         );
         registry.register_with_unit(
             "kiln_plugin_instantiation",
-            "Time to create a job's store and instantiate its plugin.",
+            "Time to create a job's store and instantiate its plugin",
             Unit::Seconds,
             jobs.instantiation.clone(),
         );
         registry.register(
             "kiln_capability_denials",
-            "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted.",
+            "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted",
             jobs.denials.clone(),
         );
         registry.register(
             "kiln_jobs_in_flight",
-            "Jobs running in the pipeline now.",
+            "Jobs running in the pipeline now",
             jobs.in_flight.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
@@ -389,25 +420,26 @@ impl Exposition {
             .set(1);
         registry.register(
             "kiln_build_info",
-            "Always 1; the labels describe the build.",
+            "Always 1; the labels describe the build",
             build,
         );
         registry.register(
             "kiln_plugin_cache_hits",
-            "Plugins loaded from the component cache (baked or writable tier) without compiling, at start and by hot reload.",
+            "Plugins loaded from the component cache (baked or writable tier) without compiling, at start and by hot reload",
             jobs.cache_hits.clone(),
         );
         registry.register(
             "kiln_plugin_cache_misses",
-            "Plugins that had to be compiled at load, at start and by hot reload.",
+            "Plugins that had to be compiled at load, at start and by hot reload",
             jobs.cache_misses.clone(),
         );
         registry.register(
             "kiln_plugin_reloads",
-            "Plugin files handled by hot reload, by result: `loaded` (swapped in), `removed` (drains), `failed` (the previous version keeps serving).",
+            "Plugin files handled by hot reload, by result: `loaded` (swapped in), `removed` (drains), `failed` (the previous version keeps serving)",
             jobs.reloads.clone(),
         );
         registry.register_collector(Box::new(PluginsNow(plugins)));
+        registry.register_collector(Box::new(process::ProcessMetrics));
         Self { registry }
     }
 
@@ -592,6 +624,37 @@ mod tests {
                 .any(|l| l == "# TYPE kiln_capability_denials counter"),
             "{text}"
         );
+    }
+
+    /// prometheus-client ends the HELP text of a registered metric with a
+    /// period of its own (not a collector's): each line ends in one.
+    #[test]
+    fn help_lines_do_not_end_in_two_periods() {
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let stats = Arc::new(kiln_broker::WorkerStats::default());
+        stats.count_retry("upper", "timeout");
+        stats.count_dead_letter("upper", "timeout");
+        let text = Exposition::new(&jobs, plugins)
+            .with_collector(broker::BrokerCounters::new(stats))
+            .render();
+        let help: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert!(help.len() >= 12, "{text}");
+        for line in help {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
+    }
+
+    /// The reload results exist at 0 before any reload.
+    #[test]
+    fn reload_results_start_at_zero() {
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let text = Exposition::new(&jobs, plugins).render();
+        for result in RELOAD_RESULTS {
+            let series = format!("kiln_plugin_reloads_total{{result=\"{result}\"}}");
+            assert_eq!(value(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
     }
 
     #[test]

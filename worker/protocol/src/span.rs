@@ -18,7 +18,13 @@ pub const PLUGIN_VERSION: &str = "kiln.plugin_version";
 /// `ok`, or the job's error kind.
 pub const OUTCOME: &str = "kiln.outcome";
 
-/// Every field above; a new one belongs here too.
+/// The OTel span status, set to `ERROR` on a failed job's span
+/// (`tracing-opentelemetry` maps this field to the span's status).
+pub const STATUS_CODE: &str = "otel.status_code";
+/// The error kind of a failed job (OTel semantic conventions' `error.type`).
+pub const ERROR_TYPE: &str = "error.type";
+
+/// Every `kiln.*` field above; a new one belongs here too.
 pub const ALL: [&str; 5] = [JOB_ID, ATTEMPT, PLUGIN, PLUGIN_VERSION, OUTCOME];
 
 #[cfg(test)]

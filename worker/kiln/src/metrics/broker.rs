@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use kiln_broker::WorkerStats;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 /// The broker's counters, read at scrape time.
 #[derive(Debug)]
@@ -21,20 +23,37 @@ impl BrokerCounters {
     }
 }
 
+/// A counter family labelled by `plugin` and `kind`, one sample per pair.
+fn by_plugin_kind(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    counts: &std::collections::BTreeMap<(String, &'static str), u64>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for ((plugin, kind), n) in counts {
+        let labels = [("plugin", plugin.as_str()), ("kind", *kind)];
+        ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for BrokerCounters {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let stats = &self.0;
+        by_plugin_kind(
+            &mut encoder,
+            "kiln_retries",
+            "Retries scheduled through the delay queues, by plugin (`unknown` when not loaded) and error kind.",
+            &stats.retries_by_plugin_kind(),
+        )?;
+        by_plugin_kind(
+            &mut encoder,
+            "kiln_dead_lettered",
+            "Jobs published to the dead-letter queue, by plugin (`unknown` when not loaded) and error kind.",
+            &stats.dead_letters_by_plugin_kind(),
+        )?;
         for (name, help, value) in [
-            (
-                "kiln_retries",
-                "Retries scheduled through the delay queues.",
-                &stats.retried,
-            ),
-            (
-                "kiln_dead_lettered",
-                "Jobs published to the dead-letter queue.",
-                &stats.dead_lettered,
-            ),
             (
                 "kiln_amqp_reconnects",
                 "Broker sessions re-established after a lost connection, channel or consumer.",
@@ -65,8 +84,10 @@ mod tests {
     #[test]
     fn renders_the_broker_counters_as_counters() {
         let stats = Arc::new(WorkerStats::default());
-        stats.retried.fetch_add(2, Relaxed);
-        stats.dead_lettered.fetch_add(1, Relaxed);
+        stats.count_retry("upper", "timeout");
+        stats.count_retry("upper", "timeout");
+        stats.count_retry("unknown", "trap");
+        stats.count_dead_letter("upper", "timeout");
         stats.reconnects.fetch_add(3, Relaxed);
         stats.acked.fetch_add(4, Relaxed);
         stats.unroutable_replies.fetch_add(5, Relaxed);
@@ -75,8 +96,18 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for (series, want) in [
-            ("kiln_retries_total 2", "kiln_retries"),
-            ("kiln_dead_lettered_total 1", "kiln_dead_lettered"),
+            (
+                "kiln_retries_total{plugin=\"upper\",kind=\"timeout\"} 2",
+                "kiln_retries",
+            ),
+            (
+                "kiln_retries_total{plugin=\"unknown\",kind=\"trap\"} 1",
+                "kiln_retries",
+            ),
+            (
+                "kiln_dead_lettered_total{plugin=\"upper\",kind=\"timeout\"} 1",
+                "kiln_dead_lettered",
+            ),
             ("kiln_amqp_reconnects_total 3", "kiln_amqp_reconnects"),
             ("kiln_jobs_acked_total 4", "kiln_jobs_acked"),
             ("kiln_replies_unroutable_total 5", "kiln_replies_unroutable"),
