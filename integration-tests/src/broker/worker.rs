@@ -189,8 +189,14 @@ impl WorkerProc {
     }
 
     /// SIGTERM, then waits (at most 60 s) for the exit status.
-    pub async fn stop(mut self) -> ExitStatus {
+    pub async fn stop(self) -> ExitStatus {
         self.sigterm();
+        self.exited().await
+    }
+
+    /// Waits (at most 60 s) for the exit status, sending no signal (a
+    /// second SIGTERM would abort the drain).
+    pub async fn exited(mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

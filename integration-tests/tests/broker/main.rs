@@ -308,7 +308,7 @@ async fn a_draining_worker_is_live_but_not_ready() {
         "/readyz stayed 200 while draining"
     );
     assert!(worker.live(), "/healthz must stay 200 while draining");
-    let status = worker.stop().await;
+    let status = worker.exited().await;
     assert_eq!(status.code(), Some(0));
     // It waited for the in-flight job (its 3 s deadline), not the 30 s
     // shutdown timeout.
@@ -317,6 +317,42 @@ async fn a_draining_worker_is_live_but_not_ready() {
         waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
         "{waited:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_requeues_in_flight_jobs_and_exits_non_zero() {
+    let q = TestQueue::new("sigterm2");
+    let worker = WorkerProc::spawn(
+        &q,
+        &[
+            // The spinner would run 30 s, and the drain would wait for it.
+            ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "30000"),
+            ("KILN__SANDBOX__LIMITS__FUEL", "100000000000000"),
+            ("KILN__AMQP__SHUTDOWN_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
+        .await;
+    // Let the spinner start, then stop the worker twice while it runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = std::time::Instant::now();
+    worker.sigterm();
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(5)).await,
+        "/readyz stayed 200 after the first SIGTERM"
+    );
+    assert!(worker.live(), "the first SIGTERM must drain, not exit");
+    let status = worker.stop().await;
+    let waited = stopped_at.elapsed();
+    assert_ne!(status.code(), Some(0), "{status:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Nothing lost: the job is back on its queue, redelivered.
+    let got = broker.drain(&q, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the in-flight job was not requeued");
+    assert_eq!(got[0].json()["job_id"], "spin");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,6 +34,7 @@ pub struct Worker<H> {
     ready: watch::Sender<bool>,
     stats: Arc<WorkerStats>,
     trace: Arc<dyn TraceHeaders>,
+    abort: watch::Receiver<bool>,
 }
 
 /// Why a session with the broker ended.
@@ -60,7 +61,18 @@ impl<H: JobHandler> Worker<H> {
             ready: watch::Sender::new(false),
             stats: Arc::default(),
             trace: Arc::new(NoTraceHeaders),
+            abort: watch::Sender::new(false).subscribe(),
         }
+    }
+
+    /// Cuts a drain short: once `abort` turns true during the drain, the
+    /// jobs still in flight are requeued at once instead of being waited
+    /// for up to `shutdown_timeout_ms` (the second SIGTERM of a two-stage
+    /// shutdown). Without it, the drain always waits.
+    #[must_use]
+    pub fn with_abort(mut self, abort: watch::Receiver<bool>) -> Self {
+        self.abort = abort;
+        self
     }
 
     /// Propagates trace context: each job's span continues the trace in
@@ -250,6 +262,7 @@ impl<H: JobHandler> Worker<H> {
                     inflight: &inflight,
                     tag: &name,
                     timeout: Duration::from_millis(self.config.shutdown_timeout_ms),
+                    abort: self.abort.clone(),
                 };
                 drain(session, tasks).await;
                 SessionEnd::Drained

@@ -25,7 +25,8 @@ impl JobHandler for Pipeline {
 }
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
-/// then drains and returns. Hot reload loads changed plugins into
+/// then drains and returns success. A second SIGTERM or SIGINT during the
+/// drain requeues the jobs in flight at once and returns failure. Hot reload loads changed plugins into
 /// `sandbox`, the one `registry` was loaded with (one engine, one pool, one
 /// ticker). `trace` carries trace context through the AMQP headers (see
 /// [`crate::telemetry`]).
@@ -34,7 +35,7 @@ pub async fn run(
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     trace: Arc<dyn TraceHeaders>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let jobs = JobMetrics::new(&registry);
     if registry.is_empty() {
@@ -44,8 +45,10 @@ pub async fn run(
     let plugins = pipeline.shared_registry().clone();
     let topology = Topology::new(&config.amqp, pipeline.policy());
     let concurrency = config.pipeline.effective_concurrency();
-    let worker =
-        Worker::new(config.amqp.clone(), topology, pipeline, concurrency).with_trace_headers(trace);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let worker = Worker::new(config.amqp.clone(), topology, pipeline, concurrency)
+        .with_trace_headers(trace)
+        .with_abort(abort_rx.clone());
     let exposition = Arc::new(
         Exposition::new(&jobs, plugins.clone()).with_collector(BrokerCounters::new(worker.stats())),
     );
@@ -74,11 +77,7 @@ pub async fn run(
     let (done_tx, done_rx) = watch::channel(false);
     let http = tokio::spawn(serve_http(listener, probes, done_rx));
 
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
+    let signals = tokio::spawn(shutdown_signals(stop_tx, abort_tx));
 
     tracing::info!(url = %config.amqp.redacted_url(), queue = %config.amqp.queue, concurrency, "worker starting");
     for warning in config.warnings(crate::config::cgroup_memory_limit()) {
@@ -91,6 +90,7 @@ pub async fn run(
         tracing::error!(%error, "the consumer task failed");
     }
     reloader.abort();
+    signals.abort();
     let _ = done_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(1), http)
         .await
@@ -98,8 +98,12 @@ pub async fn run(
     {
         tracing::warn!("http server did not stop in time");
     }
+    if *abort_rx.borrow() {
+        tracing::warn!("worker stopped by a second signal, in-flight jobs requeued");
+        return Ok(std::process::ExitCode::FAILURE);
+    }
     tracing::info!("worker stopped");
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// What the HTTP endpoints report.
@@ -187,21 +191,32 @@ async fn serve_http(
     }
 }
 
-async fn shutdown_signal() {
+/// The two-stage shutdown: the first SIGTERM or SIGINT sets `stop` (drain),
+/// a second one sets `abort` (requeue the jobs in flight now).
+async fn shutdown_signals(stop: watch::Sender<bool>, abort: watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        // Holding the senders: dropped, they would read as a shutdown.
+        std::future::pending::<()>().await;
+        return;
+    };
+    let mut next = async || {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         }
-        _ => {
-            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
+    };
+    let first = next().await;
+    tracing::info!(
+        signal = first,
+        "shutdown requested, draining; signal again to requeue the jobs in flight now"
+    );
+    stop.send_replace(true);
+    let second = next().await;
+    tracing::warn!(signal = second, "second signal, aborting the drain");
+    abort.send_replace(true);
 }
