@@ -356,6 +356,47 @@ async fn a_second_sigterm_requeues_in_flight_jobs_and_exits_non_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_worker_logs_its_settings_and_state_changes_at_info_by_default() {
+    let q = TestQueue::new("logs");
+    let worker = WorkerProc::spawn_with(
+        &q,
+        &["uppercase"],
+        &[("RUST_LOG", ""), ("KILN__AMQP__PREFETCH", "7")],
+    )
+    .await;
+    let port = worker.port();
+    let (status, log) = worker.stop_with_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let start = log
+        .lines()
+        .find(|l| l.contains("worker starting"))
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    for field in [
+        format!("queue\":\"{}", q.name()),
+        "prefetch\":7".to_owned(),
+        "concurrency\":2".to_owned(),
+        "plugins\":\"uppercase@".to_owned(),
+        "cache\":".to_owned(),
+        format!("http\":\"127.0.0.1:{port}"),
+    ] {
+        assert!(start.contains(&field), "{field} not in {start}");
+    }
+    let mut at = 0;
+    for state in [
+        "\"connected\"",
+        "\"ready\"",
+        "\"draining\"",
+        "\"drained\"",
+        "\"worker stopped, exit\"",
+    ] {
+        let found = log[at..]
+            .find(state)
+            .unwrap_or_else(|| panic!("{state} missing or out of order in {log}"));
+        at += found;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connection_closed_by_the_broker_reconnects_and_loses_nothing() {
     let busy = Busy::start("closeconn", 5_000, 500).await;
     broker::close_connection(&busy.worker.connection_name);

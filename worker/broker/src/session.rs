@@ -136,6 +136,7 @@ impl<H: JobHandler> Worker<H> {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(format!("cannot connect: {e}")),
         };
+        tracing::info!(url = %self.config.redacted_url(), connection = %name, "connected");
         let setup = async {
             let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
             self.topology.declare(&consume).await?;
@@ -169,7 +170,7 @@ impl<H: JobHandler> Worker<H> {
                 return SessionEnd::Lost(e.to_string());
             }
         };
-        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "consuming");
+        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "ready");
         self.ready.send_replace(true);
 
         let slots = Arc::new(Semaphore::new(self.concurrency));

@@ -38,6 +38,10 @@ pub async fn run(
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let jobs = JobMetrics::new(&registry);
+    let loaded: Vec<String> = registry
+        .plugins()
+        .map(|p| format!("{}@{}", p.name(), p.version()))
+        .collect();
     if registry.is_empty() {
         tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready until one is");
     }
@@ -58,7 +62,6 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "health and metrics endpoints listening");
     let reloader = Reloader::new(
         &config.plugins_dir.0,
         config.reload.clone(),
@@ -79,7 +82,18 @@ pub async fn run(
 
     let signals = tokio::spawn(shutdown_signals(stop_tx, abort_tx));
 
-    tracing::info!(url = %config.amqp.redacted_url(), queue = %config.amqp.queue, concurrency, "worker starting");
+    let cache = &config.sandbox.cache;
+    tracing::info!(
+        url = %config.amqp.redacted_url(),
+        queue = %config.amqp.queue,
+        prefetch = config.amqp.prefetch,
+        concurrency,
+        plugins = %loaded.join(","),
+        cache = %cache.dir.as_ref().map_or_else(|| "memory only".to_owned(), |d| d.display().to_string()),
+        baked_cache = %cache.baked_dir.as_ref().map_or_else(|| "none".to_owned(), |d| d.display().to_string()),
+        http = %address,
+        "worker starting"
+    );
     for warning in config.warnings(crate::config::cgroup_memory_limit()) {
         tracing::warn!(%warning, "config does not fit the container");
     }
@@ -102,7 +116,7 @@ pub async fn run(
         tracing::warn!("worker stopped by a second signal, in-flight jobs requeued");
         return Ok(std::process::ExitCode::FAILURE);
     }
-    tracing::info!("worker stopped");
+    tracing::info!("worker stopped, exit");
     Ok(std::process::ExitCode::SUCCESS)
 }
 
