@@ -625,3 +625,35 @@ async fn a_panicking_test_leaves_no_queues_behind() {
         assert!(!queue_exists(name).await, "{name} was left behind");
     }
 }
+
+#[test]
+fn kiln_run_verbose_shows_the_plugins_log_lines() {
+    let plugins = kiln_integration_tests::plugin_dir(&["hostile-logflood"]);
+    let cache = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut cmd = kiln();
+        cmd.args([
+            "run",
+            "hostile-logflood",
+            "--input",
+            "x",
+            "--config",
+            "lines=2",
+        ])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache")
+        .arg(cache.path())
+        .env_remove("RUST_LOG");
+        if verbose {
+            cmd.arg("-v");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let quiet = run(false);
+    assert!(!quiet.contains("flood          1"), "{quiet}");
+    let verbose = run(true);
+    assert!(verbose.contains("flood          1"), "{verbose}");
+}

@@ -128,6 +128,11 @@ pub fn main() -> ExitCode {
         }
         .into();
     }
+    if let Command::Run(args) = &cli.command
+        && args.verbose
+    {
+        log.filter.push_str(",kiln::plugin=trace");
+    }
     let telemetry = crate::telemetry::init(&log);
     if let Command::Config {
         command: config::ConfigCommand::Check,
