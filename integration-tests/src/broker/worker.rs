@@ -117,6 +117,11 @@ impl WorkerProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // An empty `RUST_LOG` means the worker's own default filter, with
+        // stderr kept for [`Self::stop_with_log`].
+        if env.iter().any(|(k, v)| *k == "RUST_LOG" && v.is_empty()) {
+            cmd.env_remove("RUST_LOG").stderr(Stdio::piped());
+        }
         Self {
             child: cmd.spawn().unwrap(),
             port,
@@ -189,8 +194,29 @@ impl WorkerProc {
     }
 
     /// SIGTERM, then waits (at most 60 s) for the exit status.
-    pub async fn stop(mut self) -> ExitStatus {
+    pub async fn stop(self) -> ExitStatus {
         self.sigterm();
+        self.exited().await
+    }
+
+    /// SIGTERM, then waits for the exit status and what the worker wrote
+    /// to stderr (empty unless it was started with an empty `RUST_LOG`).
+    pub async fn stop_with_log(mut self) -> (ExitStatus, String) {
+        let stderr = self.child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stderr) = stderr {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            }
+            text
+        });
+        let status = self.stop().await;
+        (status, reader.join().unwrap())
+    }
+
+    /// Waits (at most 60 s) for the exit status, sending no signal (a
+    /// second SIGTERM would abort the drain).
+    pub async fn exited(mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

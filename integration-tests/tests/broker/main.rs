@@ -308,7 +308,7 @@ async fn a_draining_worker_is_live_but_not_ready() {
         "/readyz stayed 200 while draining"
     );
     assert!(worker.live(), "/healthz must stay 200 while draining");
-    let status = worker.stop().await;
+    let status = worker.exited().await;
     assert_eq!(status.code(), Some(0));
     // It waited for the in-flight job (its 3 s deadline), not the 30 s
     // shutdown timeout.
@@ -317,6 +317,83 @@ async fn a_draining_worker_is_live_but_not_ready() {
         waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
         "{waited:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_requeues_in_flight_jobs_and_exits_non_zero() {
+    let q = TestQueue::new("sigterm2");
+    let worker = WorkerProc::spawn(
+        &q,
+        &[
+            // The spinner would run 30 s, and the drain would wait for it.
+            ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "30000"),
+            ("KILN__SANDBOX__LIMITS__FUEL", "100000000000000"),
+            ("KILN__AMQP__SHUTDOWN_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
+        .await;
+    // Let the spinner start, then stop the worker twice while it runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = std::time::Instant::now();
+    worker.sigterm();
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(5)).await,
+        "/readyz stayed 200 after the first SIGTERM"
+    );
+    assert!(worker.live(), "the first SIGTERM must drain, not exit");
+    let status = worker.stop().await;
+    let waited = stopped_at.elapsed();
+    assert_ne!(status.code(), Some(0), "{status:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Nothing lost: the job is back on its queue, redelivered.
+    let got = broker.drain(&q, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the in-flight job was not requeued");
+    assert_eq!(got[0].json()["job_id"], "spin");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_logs_its_settings_and_state_changes_at_info_by_default() {
+    let q = TestQueue::new("logs");
+    let worker = WorkerProc::spawn_with(
+        &q,
+        &["uppercase"],
+        &[("RUST_LOG", ""), ("KILN__AMQP__PREFETCH", "7")],
+    )
+    .await;
+    let port = worker.port();
+    let (status, log) = worker.stop_with_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let start = log
+        .lines()
+        .find(|l| l.contains("worker starting"))
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    for field in [
+        format!("queue\":\"{}", q.name()),
+        "prefetch\":7".to_owned(),
+        "concurrency\":2".to_owned(),
+        "plugins\":\"uppercase@".to_owned(),
+        "cache\":".to_owned(),
+        format!("http\":\"127.0.0.1:{port}"),
+    ] {
+        assert!(start.contains(&field), "{field} not in {start}");
+    }
+    let mut at = 0;
+    for state in [
+        "\"connected\"",
+        "\"ready\"",
+        "\"draining\"",
+        "\"drained\"",
+        "\"worker stopped, exit\"",
+    ] {
+        let found = log[at..]
+            .find(state)
+            .unwrap_or_else(|| panic!("{state} missing or out of order in {log}"));
+        at += found;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -547,4 +624,36 @@ async fn a_panicking_test_leaves_no_queues_behind() {
     for name in &names {
         assert!(!queue_exists(name).await, "{name} was left behind");
     }
+}
+
+#[test]
+fn kiln_run_verbose_shows_the_plugins_log_lines() {
+    let plugins = kiln_integration_tests::plugin_dir(&["hostile-logflood"]);
+    let cache = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut cmd = kiln();
+        cmd.args([
+            "run",
+            "hostile-logflood",
+            "--input",
+            "x",
+            "--config",
+            "lines=2",
+        ])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache")
+        .arg(cache.path())
+        .env_remove("RUST_LOG");
+        if verbose {
+            cmd.arg("-v");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let quiet = run(false);
+    assert!(!quiet.contains("flood          1"), "{quiet}");
+    let verbose = run(true);
+    assert!(verbose.contains("flood          1"), "{verbose}");
 }

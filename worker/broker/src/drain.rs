@@ -1,6 +1,7 @@
 //! The graceful drain of a session on shutdown: stop consuming, requeue
 //! what was prefetched but not started, let in-flight jobs finish within
-//! the shutdown timeout, requeue the rest, send the last acks and close.
+//! the shutdown timeout (or until the drain is aborted), requeue the rest,
+//! send the last acks and close.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use lapin::Connection;
 use lapin::options::BasicCancelOptions;
 use lapin::types::ShortString;
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::settle::Settler;
@@ -30,11 +32,14 @@ pub(crate) struct Drain<'a> {
     pub(crate) tag: &'a str,
     /// How long in-flight jobs may take to finish (`shutdown_timeout_ms`).
     pub(crate) timeout: Duration,
+    /// Turns true to stop waiting for in-flight jobs (a second signal).
+    pub(crate) abort: watch::Receiver<bool>,
 }
 
 /// Graceful drain: cancel the consumer and requeue what was prefetched
 /// but not started (together bounded by [`CLOSE_TIMEOUT`]), let in-flight
-/// jobs finish (reply and ack) within the shutdown timeout, requeue
+/// jobs finish (reply and ack) within the shutdown timeout (or until
+/// `abort` turns true), requeue
 /// whatever is still unfinished, send the last acks and close (again
 /// bounded by [`CLOSE_TIMEOUT`]). A broker that stops reading (a disk or
 /// memory alarm) therefore delays the exit by at most twice that: what
@@ -50,6 +55,7 @@ pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
         inflight,
         tag,
         timeout,
+        mut abort,
     } = session;
     tracing::info!(in_flight = tasks.len(), "draining");
     let mut requeued = 0;
@@ -77,12 +83,23 @@ pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
             "broker did not answer the cancel in time; it requeues prefetched jobs when the connection ends"
         );
     }
-    let finished = tokio::time::timeout(timeout, async {
+    let wait = tokio::time::timeout(timeout, async {
         while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    });
+    let finished = tokio::select! {
+        finished = wait => finished.is_ok(),
+        () = async {
+            // No abort sender (none was given): wait for the timeout alone.
+            if abort.wait_for(|a| *a).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(in_flight = tasks.len(), "drain aborted: requeueing the jobs in flight now");
+            false
+        }
+    };
     let mut left = 0;
-    if finished.is_err() {
+    if !finished {
         tasks.abort_all();
         // Joined, the aborted tasks hold no settler handle any more.
         while tasks.join_next().await.is_some() {}

@@ -34,6 +34,7 @@ pub struct Worker<H> {
     ready: watch::Sender<bool>,
     stats: Arc<WorkerStats>,
     trace: Arc<dyn TraceHeaders>,
+    abort: watch::Receiver<bool>,
 }
 
 /// Why a session with the broker ended.
@@ -60,7 +61,18 @@ impl<H: JobHandler> Worker<H> {
             ready: watch::Sender::new(false),
             stats: Arc::default(),
             trace: Arc::new(NoTraceHeaders),
+            abort: watch::Sender::new(false).subscribe(),
         }
+    }
+
+    /// Cuts a drain short: once `abort` turns true during the drain, the
+    /// jobs still in flight are requeued at once instead of being waited
+    /// for up to `shutdown_timeout_ms` (the second SIGTERM of a two-stage
+    /// shutdown). Without it, the drain always waits.
+    #[must_use]
+    pub fn with_abort(mut self, abort: watch::Receiver<bool>) -> Self {
+        self.abort = abort;
+        self
     }
 
     /// Propagates trace context: each job's span continues the trace in
@@ -83,9 +95,12 @@ impl<H: JobHandler> Worker<H> {
 
     /// Consumes until `shutdown` resolves, reconnecting with backoff
     /// whenever the connection, channel or consumer is lost; then drains.
+    /// The backoff has full jitter ([`reconnect_delay`]), so a fleet that
+    /// lost the same broker does not reconnect in lockstep.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) {
-        let mut delay = Duration::from_millis(self.config.reconnect_initial_ms);
+        let initial = Duration::from_millis(self.config.reconnect_initial_ms);
         let max = Duration::from_millis(self.config.reconnect_max_ms);
+        let mut attempt = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -98,15 +113,16 @@ impl<H: JobHandler> Worker<H> {
                     self.stats.reconnects.fetch_add(1, Relaxed);
                     // A session that ran a while resets the backoff.
                     if started.elapsed() > max {
-                        delay = Duration::from_millis(self.config.reconnect_initial_ms);
+                        attempt = 0;
                     }
-                    tracing::warn!(url = %self.config.redacted_url(), %error, retry_in = ?delay, "broker session lost, reconnecting");
+                    let delay = reconnect_delay(initial, max, attempt, fastrand::f64());
+                    tracing::warn!(url = %self.config.redacted_url(), %error, attempt, retry_in = ?delay, "broker session lost, reconnecting");
                     let mut stop = shutdown.clone();
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = stopped(&mut stop) => return,
                     }
-                    delay = (delay * 2).min(max);
+                    attempt = attempt.saturating_add(1);
                 }
             }
         }
@@ -120,6 +136,7 @@ impl<H: JobHandler> Worker<H> {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(format!("cannot connect: {e}")),
         };
+        tracing::info!(url = %self.config.redacted_url(), connection = %name, "connected");
         let setup = async {
             let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
             self.topology.declare(&consume).await?;
@@ -153,7 +170,7 @@ impl<H: JobHandler> Worker<H> {
                 return SessionEnd::Lost(e.to_string());
             }
         };
-        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "consuming");
+        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "ready");
         self.ready.send_replace(true);
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
@@ -246,12 +263,25 @@ impl<H: JobHandler> Worker<H> {
                     inflight: &inflight,
                     tag: &name,
                     timeout: Duration::from_millis(self.config.shutdown_timeout_ms),
+                    abort: self.abort.clone(),
                 };
                 drain(session, tasks).await;
                 SessionEnd::Drained
             }
         }
     }
+}
+
+/// The wait before reconnect attempt `attempt` (0 for the first):
+/// exponential backoff with full jitter, a uniform draw between zero and
+/// `min(cap, initial · 2^attempt)`. `sample` is that uniform draw in
+/// `[0, 1)` (clamped), so the function is pure and the caller picks the
+/// randomness.
+fn reconnect_delay(initial: Duration, cap: Duration, attempt: u32, sample: f64) -> Duration {
+    let ceiling = initial
+        .saturating_mul(2_u32.saturating_pow(attempt))
+        .min(cap);
+    ceiling.mul_f64(sample.clamp(0.0, 1.0))
 }
 
 /// Resolves once shutdown is requested (or its sender is gone), holding
@@ -270,5 +300,58 @@ fn reap(tasks: &mut tokio::task::JoinSet<()>) {
         {
             tracing::error!(%error, "a job task panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INITIAL: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(10);
+
+    /// Many draws for the same attempt, with a seeded generator.
+    fn draws(attempt: u32) -> Vec<Duration> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        (0..2_000)
+            .map(|_| reconnect_delay(INITIAL, CAP, attempt, rng.f64()))
+            .collect()
+    }
+
+    #[test]
+    fn delays_spread_over_the_whole_step() {
+        for attempt in 0..8 {
+            let step = INITIAL.saturating_mul(1 << attempt).min(CAP);
+            let delays = draws(attempt);
+            let (Some(min), Some(max)) = (delays.iter().min(), delays.iter().max()) else {
+                panic!("no draws");
+            };
+            assert!(
+                *min < step / 10,
+                "attempt {attempt}: min {min:?} of {step:?}"
+            );
+            assert!(
+                *max > step.mul_f64(0.9),
+                "attempt {attempt}: max {max:?} of {step:?}"
+            );
+            assert!(
+                *max <= step,
+                "attempt {attempt}: max {max:?} above {step:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cap_holds() {
+        for attempt in [5, 10, 31, 32, 64, u32::MAX] {
+            assert!(reconnect_delay(INITIAL, CAP, attempt, 1.0) <= CAP);
+            assert_eq!(
+                reconnect_delay(INITIAL, CAP, attempt, 0.999_999),
+                CAP.mul_f64(0.999_999)
+            );
+        }
+        assert_eq!(reconnect_delay(INITIAL, CAP, 0, 0.0), Duration::ZERO);
+        assert_eq!(reconnect_delay(INITIAL, CAP, 1, 0.5), INITIAL);
+        assert!(reconnect_delay(INITIAL, CAP, 0, 2.0) <= INITIAL);
     }
 }

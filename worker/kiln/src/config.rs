@@ -46,7 +46,7 @@ pub struct LogConfig {
     /// or `text`. Default: `auto`.
     pub format: LogFormat,
     /// The filter used when `RUST_LOG` is unset, in the same syntax (for
-    /// example `info,kiln_broker=debug`). Default: `warn`.
+    /// example `info,kiln_broker=debug`). Default: empty, `info` for `kiln worker`'s lifecycle and `warn` otherwise.
     pub filter: String,
 }
 
@@ -54,7 +54,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Auto,
-            filter: "warn".into(),
+            filter: String::new(),
         }
     }
 }

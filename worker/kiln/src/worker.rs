@@ -25,7 +25,8 @@ impl JobHandler for Pipeline {
 }
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
-/// then drains and returns. Hot reload loads changed plugins into
+/// then drains and returns success. A second SIGTERM or SIGINT during the
+/// drain requeues the jobs in flight at once and returns failure. Hot reload loads changed plugins into
 /// `sandbox`, the one `registry` was loaded with (one engine, one pool, one
 /// ticker). `trace` carries trace context through the AMQP headers (see
 /// [`crate::telemetry`]).
@@ -34,9 +35,13 @@ pub async fn run(
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     trace: Arc<dyn TraceHeaders>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let jobs = JobMetrics::new(&registry);
+    let loaded: Vec<String> = registry
+        .plugins()
+        .map(|p| format!("{}@{}", p.name(), p.version()))
+        .collect();
     if registry.is_empty() {
         tracing::error!(dir = %config.plugins_dir.0.display(), "no plugin loaded; the worker stays unready until one is");
     }
@@ -44,8 +49,10 @@ pub async fn run(
     let plugins = pipeline.shared_registry().clone();
     let topology = Topology::new(&config.amqp, pipeline.policy());
     let concurrency = config.pipeline.effective_concurrency();
-    let worker =
-        Worker::new(config.amqp.clone(), topology, pipeline, concurrency).with_trace_headers(trace);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let worker = Worker::new(config.amqp.clone(), topology, pipeline, concurrency)
+        .with_trace_headers(trace)
+        .with_abort(abort_rx.clone());
     let exposition = Arc::new(
         Exposition::new(&jobs, plugins.clone()).with_collector(BrokerCounters::new(worker.stats())),
     );
@@ -55,7 +62,6 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "health and metrics endpoints listening");
     let reloader = Reloader::new(
         &config.plugins_dir.0,
         config.reload.clone(),
@@ -74,13 +80,20 @@ pub async fn run(
     let (done_tx, done_rx) = watch::channel(false);
     let http = tokio::spawn(serve_http(listener, probes, done_rx));
 
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
+    let signals = tokio::spawn(shutdown_signals(stop_tx, abort_tx));
 
-    tracing::info!(url = %config.amqp.redacted_url(), queue = %config.amqp.queue, concurrency, "worker starting");
+    let cache = &config.sandbox.cache;
+    tracing::info!(
+        url = %config.amqp.redacted_url(),
+        queue = %config.amqp.queue,
+        prefetch = config.amqp.prefetch,
+        concurrency,
+        plugins = %loaded.join(","),
+        cache = %cache.dir.as_ref().map_or_else(|| "memory only".to_owned(), |d| d.display().to_string()),
+        baked_cache = %cache.baked_dir.as_ref().map_or_else(|| "none".to_owned(), |d| d.display().to_string()),
+        http = %address,
+        "worker starting"
+    );
     for warning in config.warnings(crate::config::cgroup_memory_limit()) {
         tracing::warn!(%warning, "config does not fit the container");
     }
@@ -91,6 +104,7 @@ pub async fn run(
         tracing::error!(%error, "the consumer task failed");
     }
     reloader.abort();
+    signals.abort();
     let _ = done_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(1), http)
         .await
@@ -98,8 +112,12 @@ pub async fn run(
     {
         tracing::warn!("http server did not stop in time");
     }
-    tracing::info!("worker stopped");
-    Ok(())
+    if *abort_rx.borrow() {
+        tracing::warn!("worker stopped by a second signal, in-flight jobs requeued");
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    tracing::info!("worker stopped, exit");
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// What the HTTP endpoints report.
@@ -187,21 +205,32 @@ async fn serve_http(
     }
 }
 
-async fn shutdown_signal() {
+/// The two-stage shutdown: the first SIGTERM or SIGINT sets `stop` (drain),
+/// a second one sets `abort` (requeue the jobs in flight now).
+async fn shutdown_signals(stop: watch::Sender<bool>, abort: watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        // Holding the senders: dropped, they would read as a shutdown.
+        std::future::pending::<()>().await;
+        return;
+    };
+    let mut next = async || {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         }
-        _ => {
-            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
+    };
+    let first = next().await;
+    tracing::info!(
+        signal = first,
+        "shutdown requested, draining; signal again to requeue the jobs in flight now"
+    );
+    stop.send_replace(true);
+    let second = next().await;
+    tracing::warn!(signal = second, "second signal, aborting the drain");
+    abort.send_replace(true);
 }

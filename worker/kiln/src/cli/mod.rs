@@ -98,6 +98,11 @@ impl BrokerArgs {
     }
 }
 
+/// `kiln worker`'s filter when `log.filter` is unset: `info` for the
+/// worker's lifecycle, `warn` elsewhere.
+const WORKER_LOG_FILTER: &str =
+    "warn,kiln::worker=info,kiln::reload=info,kiln_broker::session=info,kiln_broker::drain=info";
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -112,7 +117,23 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = crate::telemetry::init(&config.log);
+    let mut log = config.log.clone();
+    if log.filter.is_empty() {
+        // The worker says what it is doing (its settings and state
+        // changes, not the per-job span, which stays off and costs
+        // nothing); the other commands stay quiet.
+        log.filter = match cli.command {
+            Command::Worker(_) => WORKER_LOG_FILTER,
+            _ => "warn",
+        }
+        .into();
+    }
+    if let Command::Run(args) = &cli.command
+        && args.verbose
+    {
+        log.filter.push_str(",kiln::plugin=trace");
+    }
+    let telemetry = crate::telemetry::init(&log);
     if let Command::Config {
         command: config::ConfigCommand::Check,
     } = cli.command

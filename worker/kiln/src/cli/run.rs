@@ -50,6 +50,9 @@ pub(super) struct RunArgs {
     /// Jobs at once [config: pipeline.concurrency; default: one per CPU].
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
+    /// Show the plugin's own log lines (target `kiln::plugin`) on stderr.
+    #[arg(short, long)]
+    pub(super) verbose: bool,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -1,5 +1,6 @@
 //! `kiln worker`: the config the options override, the plugins loaded once,
-//! then [`crate::worker::run`] until SIGTERM or SIGINT.
+//! then [`crate::worker::run`] until SIGTERM or SIGINT (a second one during
+//! the drain exits non-zero).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,8 +59,7 @@ pub(super) async fn worker(
         tracing::error!(error = %error.report(), "plugin not loaded");
     }
     // Hot reload loads into the same sandbox: one engine, pool and ticker.
-    crate::worker::run(&config, Arc::new(sandbox), registry, trace).await?;
-    Ok(ExitCode::SUCCESS)
+    crate::worker::run(&config, Arc::new(sandbox), registry, trace).await
 }
 
 #[cfg(test)]
