@@ -122,7 +122,7 @@ impl<H: JobHandler> Worker<H> {
         };
         let setup = async {
             let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
-            self.topology.declare(&consume).await?;
+            self.topology.declare(&conn).await?;
             consume
                 .basic_qos(self.config.prefetch, BasicQosOptions::default())
                 .await
