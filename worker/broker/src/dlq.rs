@@ -140,6 +140,12 @@ async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, BrokerError
         {
             Ok(false)
         }
+        // Exclusive to another connection (a live reply queue): it exists.
+        Err(BrokerError::Declare { source, .. })
+            if crate::topology::is_soft_error(&source, &AMQPSoftError::RESOURCELOCKED) =>
+        {
+            Ok(true)
+        }
         Err(error) => Err(error),
     }
 }
