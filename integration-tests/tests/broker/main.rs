@@ -656,4 +656,238 @@ fn kiln_run_verbose_shows_the_plugins_log_lines() {
     assert!(!quiet.contains("flood          1"), "{quiet}");
     let verbose = run(true);
     assert!(verbose.contains("flood          1"), "{verbose}");
+
+/// The `arguments` column of `rabbitmqctl list_queues` for `queue`, or
+/// `None` when there is no such queue.
+fn queue_arguments(queue: &str) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "arguments",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rabbitmqctl list_queues");
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (name, arguments) = l.trim().split_once(char::is_whitespace)?;
+        (name == queue).then(|| arguments.trim().to_owned())
+    })
+}
+
+/// The names of the queues whose name starts with `prefix`.
+fn queues_named(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--no-table-headers", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The topology Kiln declares for the test's jobs queue `q`.
+fn topology_of(q: &TestQueue) -> kiln_broker::Topology {
+    let config = kiln_broker::AmqpConfig {
+        queue: q.name().to_owned(),
+        ..kiln_broker::AmqpConfig::default()
+    };
+    kiln_broker::Topology::new(&config, &kiln_protocol::RetryPolicy::default())
+}
+
+async fn connection() -> lapin::Connection {
+    lapin::Connection::connect(broker::URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_results_queue_is_bounded_and_drops_its_oldest_reply() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{FieldTable, ShortString};
+
+    let q = TestQueue::new("bounded");
+    let conn = connection().await;
+    topology_of(&q).declare(&conn).await.unwrap();
+    let arguments = queue_arguments(&q.results()).expect("results queue declared");
+    for wanted in [
+        r#"{"x-message-ttl",86400000}"#,
+        r#"{"x-max-length",100000}"#,
+        r#"{"x-overflow","drop-head"}"#,
+    ] {
+        assert!(arguments.contains(wanted), "{wanted} not in {arguments}");
+    }
+    // The broker holds it to those arguments: without them, 406.
+    let channel = conn.create_channel().await.unwrap();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let unbounded = channel
+        .queue_declare(
+            ShortString::from(q.results()),
+            QueueDeclareOptions::durable(),
+            quorum,
+        )
+        .await;
+    assert!(unbounded.is_err(), "redeclared without its bounds");
+    // And a second declare (a second worker, enqueue, dlq) agrees.
+    topology_of(&q).declare(&conn).await.unwrap();
+    let _ = conn.close(200, ShortString::from("done")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_results_queue_of_an_older_kiln_is_used_as_it_is() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+    let q = TestQueue::new("oldresults");
+    // What an older Kiln declared: a quorum queue without bounds.
+    let conn = connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            ShortString::from(q.results()),
+            QueueDeclareOptions::durable(),
+            quorum,
+        )
+        .await
+        .unwrap();
+    // The declare shared by the worker, enqueue and dlq carries on...
+    topology_of(&q).declare(&conn).await.unwrap();
+    let arguments = queue_arguments(&q.results()).unwrap();
+    assert!(!arguments.contains("x-max-length"), "{arguments}");
+    // ...and so does a worker: it consumes and answers to that queue.
+    let worker = WorkerProc::spawn(&q, &[]).await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("o1", "reverse", "abc"), None, Some("c1"))
+        .await;
+    let got = broker.drain(&q.results(), 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["output"], "cba");
+    worker.stop().await;
+    let _ = conn.close(200, ShortString::from("done")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_enqueue_reply_queue_expires() {
+    let q = TestQueue::new("expires");
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(&jobs, r#"{"job_id":"x1","plugin":"uppercase","input":"a"}"#).unwrap();
+    let out = dir.path().join("replies.jsonl");
+    // No worker: the run gives up waiting and leaves its reply queue.
+    let status = kiln()
+        .args([
+            "enqueue",
+            "--amqp-url",
+            broker::URL,
+            "--queue",
+            &q,
+            "--wait",
+        ])
+        .args(["--idle-timeout", "1", "--reply-expiry", "15"])
+        .arg(&jobs)
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "no worker, no reply");
+    let prefix = format!("{q}.replies.");
+    let left = queues_named(&prefix);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let reply_queue = q.also(left[0].clone());
+    let arguments = queue_arguments(&reply_queue).unwrap();
+    assert!(arguments.contains(r#"{"x-expires",15000}"#), "{arguments}");
+    // Unused, it goes away by itself (watched with rabbitmqctl: a passive
+    // declare would count as a use and restart the expiry).
+    let started = std::time::Instant::now();
+    while !queues_named(&reply_queue).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{reply_queue} did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs `kiln dlq --queue q ARGS`, asserts that it succeeded, and returns
+/// its stdout and stderr.
+fn dlq_cli(q: &TestQueue, args: &[&str]) -> (String, String) {
+    let out = kiln()
+        .args(["dlq", "--amqp-url", broker::URL, "--queue", q])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kiln dlq {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_job_whose_reply_queue_is_gone_answers_to_results() {
+    use lapin::options::QueueDeleteOptions;
+    use lapin::types::ShortString;
+
+    let q = TestQueue::new("replaygone");
+    let gone = q.durable_reply_queue().await;
+    // The first worker lacks `reverse`: its jobs are dead-lettered.
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &[]).await;
+    let broker = Broker::connect().await;
+    for (id, input) in [("g1", "abc"), ("g2", "xyz")] {
+        broker
+            .publish(&q, job(id, "reverse", input), Some(&gone), Some(id))
+            .await;
+    }
+    let first = broker.drain(&gone, 2, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 2, "both answered unknown-plugin");
+    worker.stop().await;
+    // The run that waited for them is over: its reply queue is deleted.
+    let conn = connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            ShortString::from(gone.clone()),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, ShortString::from("done")).await;
+
+    let worker = WorkerProc::spawn_with(&q, &["uppercase", "reverse"], &[]).await;
+    let (stdout, stderr) = dlq_cli(&q, &["replay", "--job-id", "g1"]);
+    assert!(stdout.contains("replayed g1"), "{stdout}");
+    let told = format!(
+        "job g1: its reply queue {gone} is gone, the reply goes to {}",
+        q.results()
+    );
+    assert!(stderr.contains(&told), "{stderr}");
+    let got = broker.drain(&q.results(), 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["output"], "cba");
+
+    // --reply-to sends the reply where it says.
+    let mine = q.durable_reply_queue().await;
+    let (stdout, stderr) = dlq_cli(&q, &["replay", "--all", "--reply-to", &mine]);
+    assert!(stdout.contains("replayed g2"), "{stdout}");
+    assert!(!stderr.contains("is gone"), "{stderr}");
+    let got = broker.drain(&mine, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["output"], "zyx");
+    worker.stop().await;
 }

@@ -47,6 +47,18 @@ pub struct AmqpConfig {
     /// On SIGTERM, how long in-flight jobs may run before they are
     /// requeued, in milliseconds. Default: 30,000.
     pub shutdown_timeout_ms: u64,
+    /// How long a reply may wait unread in `<queue>.results` (replies to
+    /// jobs without `reply_to`) before the broker drops it
+    /// (`x-message-ttl`), in milliseconds; 0 keeps replies until read.
+    /// Shorter bounds the queue sooner; longer gives a slow reader more
+    /// time. Default: 86,400,000 (24 h).
+    pub results_ttl_ms: u64,
+    /// Most replies `<queue>.results` holds (`x-max-length`); past it the
+    /// oldest unread reply is dropped (`drop-head`), so a full results
+    /// queue never blocks or loops a job; 0 means no cap. Higher keeps
+    /// more unread replies; lower bounds the broker's memory and disk
+    /// sooner. Default: 100,000.
+    pub results_max_length: u64,
 }
 
 impl Default for AmqpConfig {
@@ -63,6 +75,8 @@ impl Default for AmqpConfig {
             reconnect_max_ms: 10_000,
             stall_timeout_ms: 15_000,
             shutdown_timeout_ms: 30_000,
+            results_ttl_ms: 86_400_000,
+            results_max_length: 100_000,
         }
     }
 }

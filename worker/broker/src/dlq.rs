@@ -7,14 +7,24 @@
 //! attempt count reset, waits for the confirm, and only then acks the dead
 //! letter, so a crash in between can duplicate a job but never lose one
 //! (job ids let receivers de-duplicate). Running either twice is safe.
+//!
+//! A replayed job keeps its `reply_to` only while that queue exists: the
+//! reply queue of a `kiln enqueue --wait` run is long gone by the time a
+//! job is replayed, and a reply to it would be dropped as unroutable. So
+//! replay checks each reply queue (a passive declare, on a channel of its
+//! own since a 404 closes it) and, when it is gone, drops `reply_to`: the
+//! worker then answers to `<queue>.results`. [`ReplayOptions::reply_to`]
+//! sends every reply to one queue instead.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
+use lapin::protocol::AMQPSoftError;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::headers::{
     ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, header_text, header_u32,
@@ -54,6 +64,89 @@ impl ReplayFilter {
                 .plugin
                 .as_ref()
                 .is_none_or(|p| letter.plugin.as_ref() == Some(p))
+    }
+}
+
+/// Where the reply of a replayed job goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyRoute {
+    /// The job had no `reply_to`: `<queue>.results`, as before.
+    Results,
+    /// To its own `reply_to`, which still exists.
+    Kept(String),
+    /// Its `reply_to` (this queue) is gone: to `<queue>.results` instead.
+    Gone(String),
+    /// To the queue `--reply-to` named.
+    Overridden(String),
+}
+
+/// One replayed dead letter and where its reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The dead letter.
+    pub letter: DeadLetter,
+    /// Where its reply goes.
+    pub reply: ReplyRoute,
+}
+
+/// How `replay` routes the replies.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Which dead letters to take.
+    pub filter: ReplayFilter,
+    /// With `Some`, every reply goes to this queue instead of `reply_to`.
+    pub reply_to: Option<String>,
+}
+
+/// `props` without `reply_to` (the properties have no unsetter).
+fn without_reply_to(props: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(v) = props.$get().clone() {
+                out = out.$set(v);
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        expiration => with_expiration,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    out
+}
+
+/// Whether the queue `name` exists, asked on a channel of its own (a
+/// passive declare of a missing queue closes its channel with 404).
+async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, BrokerError> {
+    let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
+    match crate::topology::declare_passive(&channel, name).await {
+        Ok(()) => {
+            let _ = channel.close(200, ShortString::from("checked")).await;
+            Ok(true)
+        }
+        Err(BrokerError::Declare { source, .. })
+            if crate::topology::is_soft_error(&source, &AMQPSoftError::NOTFOUND) =>
+        {
+            Ok(false)
+        }
+        // Exclusive to another connection (a live reply queue): it exists.
+        Err(BrokerError::Declare { source, .. })
+            if crate::topology::is_soft_error(&source, &AMQPSoftError::RESOURCELOCKED) =>
+        {
+            Ok(true)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -141,7 +234,7 @@ async fn walk(
 /// Lists the dead letters of `topology`, leaving them in place.
 pub async fn list(url: &str, topology: &Topology) -> Result<Vec<DeadLetter>, BrokerError> {
     let (conn, channel) = open(url).await?;
-    topology.declare(&channel).await?;
+    topology.declare(&conn).await?;
     let mut letters = Vec::new();
     walk(&channel, &topology.dead, async |d| {
         letters.push(describe(d));
@@ -153,36 +246,75 @@ pub async fn list(url: &str, topology: &Topology) -> Result<Vec<DeadLetter>, Bro
 }
 
 /// Puts the matching dead letters back on the jobs queue with a reset
-/// attempt count. Returns the ones replayed.
+/// attempt count, each reply routed as the module says. Returns the ones
+/// replayed and where their replies go.
 pub async fn replay(
     url: &str,
     topology: &Topology,
-    filter: &ReplayFilter,
-) -> Result<Vec<DeadLetter>, BrokerError> {
+    options: &ReplayOptions,
+) -> Result<Vec<Replayed>, BrokerError> {
     let (conn, channel) = open(url).await?;
-    topology.declare(&channel).await?;
+    topology.declare(&conn).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(BrokerError::Channel)?;
     let mut replayed = Vec::new();
+    // Whether each reply queue met so far exists, asked once per queue.
+    let mut exists: HashMap<String, bool> = HashMap::new();
     walk(&channel, &topology.dead, async |d| {
         let letter = describe(d);
-        if !filter.matches(&letter) {
+        if !options.filter.matches(&letter) {
             return Ok(true);
         }
-        let mut headers = d.properties.headers().clone().unwrap_or_default();
-        let kept: FieldTable = headers
-            .inner()
-            .iter()
-            .filter(|(k, _)| {
-                !k.as_str().starts_with("x-kiln-") && !k.as_str().starts_with("x-death")
+        let headers: FieldTable = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.as_str().starts_with("x-kiln-") && !k.as_str().starts_with("x-death")
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+                    .into()
             })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into();
-        headers = kept;
-        let props = d.properties.clone().with_headers(headers);
+            .unwrap_or_default();
+        let original = d
+            .properties
+            .reply_to()
+            .as_ref()
+            .map(|r| r.as_str().to_owned());
+        let reply = match (&options.reply_to, original) {
+            (Some(to), _) => ReplyRoute::Overridden(to.clone()),
+            (None, None) => ReplyRoute::Results,
+            (None, Some(to)) => {
+                let present = match exists.get(&to) {
+                    Some(present) => *present,
+                    None => {
+                        let present = queue_exists(&conn, &to).await?;
+                        exists.insert(to.clone(), present);
+                        present
+                    }
+                };
+                if present {
+                    ReplyRoute::Kept(to)
+                } else {
+                    ReplyRoute::Gone(to)
+                }
+            }
+        };
+        let props = match &reply {
+            ReplyRoute::Results | ReplyRoute::Kept(_) => d.properties.clone(),
+            ReplyRoute::Gone(_) => without_reply_to(&d.properties),
+            ReplyRoute::Overridden(to) => d
+                .properties
+                .clone()
+                .with_reply_to(ShortString::from(to.clone())),
+        }
+        .with_headers(headers);
         let confirm = channel
             .basic_publish(
                 ShortString::from(""),
@@ -197,7 +329,7 @@ pub async fn replay(
             .map_err(BrokerError::Channel)?;
         match confirm {
             Confirmation::Ack(_) => {
-                replayed.push(letter);
+                replayed.push(Replayed { letter, reply });
                 Ok(false)
             }
             Confirmation::Nack(_) => Err(BrokerError::Nacked),
@@ -207,4 +339,28 @@ pub async fn replay(
     .await?;
     let _ = conn.close(200, ShortString::from("done")).await;
     Ok(replayed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_reply_to_keeps_every_other_property() {
+        let mut headers = FieldTable::default();
+        headers.insert("h".into(), crate::headers::text("v"));
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_correlation_id(ShortString::from("c"))
+            .with_message_id(ShortString::from("m"))
+            .with_timestamp(7)
+            .with_headers(headers)
+            .with_reply_to(ShortString::from("gone"));
+        let out = without_reply_to(&props);
+        assert_eq!(out.reply_to(), &None);
+        // Given its reply_to back, it is the original again.
+        assert_eq!(out.with_reply_to(ShortString::from("gone")), props);
+    }
 }

@@ -10,6 +10,9 @@
 //! job already answered there, re-publishes the rest (a job may then run
 //! twice: at-least-once), collects replies from the same queue, and writes
 //! each job id once. The output therefore ends with exactly one row per job.
+//! The reply queue expires (`x-expires`) once unused for
+//! [`EnqueueOptions::reply_expires`], so an abandoned run's queue goes away
+//! while a re-run within that time still finds it.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,10 +22,11 @@ use futures::stream::FuturesUnordered;
 use kiln_protocol::{Envelope, Reply, job_id_from_body};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation};
+use lapin::protocol::AMQPSoftError;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Confirmation, Connection};
 use tracing::Instrument as _;
 
 use crate::{BrokerError, Topology, TraceHeaders};
@@ -65,6 +69,47 @@ pub struct EnqueueOptions {
     pub window: usize,
     /// With `Some`, the durable reply queue to collect replies from.
     pub reply_queue: Option<String>,
+    /// How long the reply queue may go unused (no consumer, no
+    /// redeclare) before the broker deletes it (`x-expires`).
+    pub reply_expires: Duration,
+}
+
+/// The arguments of a reply queue that expires after `expires` unused.
+fn reply_queue_arguments(expires: Duration) -> FieldTable {
+    let mut args = FieldTable::default();
+    let ms = i64::try_from(expires.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+    args
+}
+
+/// Declares the reply queue `queue` (expiring after `expires` unused) on a
+/// channel of its own. One declared by an older Kiln without `x-expires`
+/// (406 PRECONDITION_FAILED) is used as it is, and deleted as before once
+/// every reply is in.
+async fn declare_reply_queue(
+    conn: &Connection,
+    queue: &str,
+    expires: Duration,
+) -> Result<(), BrokerError> {
+    let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
+    match crate::topology::declare(&channel, queue, reply_queue_arguments(expires)).await {
+        Ok(()) => {
+            let _ = channel.close(200, ShortString::from("declared")).await;
+            Ok(())
+        }
+        Err(BrokerError::Declare { source, .. })
+            if crate::topology::is_soft_error(&source, &AMQPSoftError::PRECONDITIONFAILED) =>
+        {
+            tracing::warn!(queue, "reply queue exists without x-expires: used as it is");
+            let fresh = conn.create_channel().await.map_err(BrokerError::Channel)?;
+            crate::topology::declare_passive(&fresh, queue).await?;
+            let _ = fresh.close(200, ShortString::from("declared")).await;
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Publishes `jobs` (skipping `skip`), with confirms, through `topology`.
@@ -84,21 +129,11 @@ pub async fn publish_jobs(
         &format!("kiln-enqueue-{}", std::process::id()),
     )
     .await?;
-    let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
-    topology.declare(&channel).await?;
+    topology.declare(&conn).await?;
     if let Some(q) = &options.reply_queue {
-        channel
-            .queue_declare(
-                ShortString::from(q.clone()),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| BrokerError::Declare {
-                queue: q.clone(),
-                source,
-            })?;
+        declare_reply_queue(&conn, q, options.reply_expires).await?;
     }
+    let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -237,5 +272,20 @@ mod tests {
         assert!(b.job_id.starts_with("sha256:"));
         let d = OutgoingJob::from_record(b"not json".to_vec());
         assert!(d.job_id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn reply_queues_expire() {
+        let args = reply_queue_arguments(Duration::from_secs(3_600));
+        assert_eq!(
+            args.inner().get("x-expires"),
+            Some(&AMQPValue::LongLongInt(3_600_000))
+        );
+        // The broker refuses 0.
+        let args = reply_queue_arguments(Duration::ZERO);
+        assert_eq!(
+            args.inner().get("x-expires"),
+            Some(&AMQPValue::LongLongInt(1))
+        );
     }
 }

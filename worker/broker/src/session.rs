@@ -139,7 +139,7 @@ impl<H: JobHandler> Worker<H> {
         tracing::info!(url = %self.config.redacted_url(), connection = %name, "connected");
         let setup = async {
             let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
-            self.topology.declare(&consume).await?;
+            self.topology.declare(&conn).await?;
             consume
                 .basic_qos(self.config.prefetch, BasicQosOptions::default())
                 .await

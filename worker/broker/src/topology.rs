@@ -1,13 +1,20 @@
 //! Queue names and the one declare function shared by `kiln worker` and
 //! `kiln enqueue`, so the two can never disagree on arguments (the broker
 //! answers 406 PRECONDITION_FAILED if they do).
+//!
+//! `<queue>.results` is bounded (a message TTL and a length cap, dropping
+//! the oldest reply). A results queue declared by an older Kiln without
+//! those arguments answers 406 to the new declare: Kiln then logs the
+//! policy that bounds it, checks it exists on a fresh channel, and carries
+//! on with it as it is.
 
 use std::time::Duration;
 
 use kiln_protocol::RetryPolicy;
-use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection};
 
 use crate::BrokerError;
 use crate::config::{AmqpConfig, QueueType};
@@ -27,6 +34,8 @@ pub struct Topology {
     pub retries: Vec<(String, Duration)>,
     queue_type: QueueType,
     delivery_limit: u32,
+    results_ttl_ms: u64,
+    results_max_length: u64,
 }
 
 impl Topology {
@@ -44,6 +53,8 @@ impl Topology {
             jobs,
             queue_type: config.queue_type,
             delivery_limit: config.delivery_limit,
+            results_ttl_ms: config.results_ttl_ms,
+            results_max_length: config.results_max_length,
         }
     }
 
@@ -84,11 +95,73 @@ impl Topology {
         args
     }
 
-    /// Declares every queue (idempotent with the same arguments).
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// The arguments of the results queue: those of [`Self::plain_arguments`],
+    /// bounded by `results_ttl_ms` and `results_max_length` (0: unbounded),
+    /// dropping the oldest reply when full.
+    pub fn results_arguments(&self) -> FieldTable {
+        let mut args = self.plain_arguments();
+        let long = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+        if self.results_ttl_ms > 0 {
+            args.insert("x-message-ttl".into(), long(self.results_ttl_ms));
+        }
+        if self.results_max_length > 0 {
+            args.insert("x-max-length".into(), long(self.results_max_length));
+            args.insert("x-overflow".into(), text("drop-head"));
+        }
+        args
+    }
+
+    /// The `rabbitmqctl set_policy` command that gives a results queue
+    /// declared without [`Self::results_arguments`] the same bounds.
+    pub fn results_policy_command(&self) -> String {
+        let mut definition = Vec::new();
+        if self.results_ttl_ms > 0 {
+            definition.push(format!("\"message-ttl\":{}", self.results_ttl_ms));
+        }
+        if self.results_max_length > 0 {
+            definition.push(format!("\"max-length\":{}", self.results_max_length));
+            definition.push("\"overflow\":\"drop-head\"".to_owned());
+        }
+        let pattern = format!("^{}$", self.results.replace('.', "\\."));
+        format!(
+            "rabbitmqctl set_policy kiln-results '{pattern}' '{{{}}}' --apply-to queues",
+            definition.join(",")
+        )
+    }
+
+    /// Declares every queue (idempotent with the same arguments), on a
+    /// channel of its own that it closes. A results queue that exists with
+    /// other arguments (an older Kiln's) is kept as it is, with a warning
+    /// saying how to bound it.
+    pub async fn declare(&self, conn: &Connection) -> Result<(), BrokerError> {
+        let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
+        self.declare_on(&channel).await?;
+        match declare(&channel, &self.results, self.results_arguments()).await {
+            Ok(()) => {
+                let _ = channel.close(200, ShortString::from("declared")).await;
+            }
+            Err(BrokerError::Declare { source, .. })
+                if is_soft_error(&source, &AMQPSoftError::PRECONDITIONFAILED) =>
+            {
+                tracing::warn!(
+                    queue = %self.results,
+                    policy = %self.results_policy_command(),
+                    "results queue exists without its bounds (declared by an older kiln): it is used as it is and may grow without limit; bound it with the policy, or delete it and let kiln redeclare it"
+                );
+                // The 406 closed the channel: check it exists on a fresh one.
+                let fresh = conn.create_channel().await.map_err(BrokerError::Channel)?;
+                declare_passive(&fresh, &self.results).await?;
+                let _ = fresh.close(200, ShortString::from("declared")).await;
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    /// Declares every queue but the results queue on `channel`.
+    async fn declare_on(&self, channel: &Channel) -> Result<(), BrokerError> {
         declare(channel, &self.jobs, self.jobs_arguments()).await?;
         declare(channel, &self.dead, self.plain_arguments()).await?;
-        declare(channel, &self.results, self.plain_arguments()).await?;
         for (name, ttl) in &self.retries {
             // Classic delay queues: expired messages go back to the jobs queue.
             let mut args = FieldTable::default();
@@ -102,19 +175,47 @@ impl Topology {
     }
 }
 
-async fn declare(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+/// Declares the durable queue `name` with `args` on `channel` (a failed
+/// declare closes the channel).
+pub(crate) async fn declare(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), BrokerError> {
+    queue_declare(channel, name, QueueDeclareOptions::durable(), args).await
+}
+
+/// Checks that the queue `name` exists (a passive declare: 404 NOT_FOUND
+/// when it does not, which closes `channel`).
+pub(crate) async fn declare_passive(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    queue_declare(channel, name, passive, FieldTable::default()).await
+}
+
+async fn queue_declare(
+    channel: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    args: FieldTable,
+) -> Result<(), BrokerError> {
     channel
-        .queue_declare(
-            ShortString::from(name.to_owned()),
-            QueueDeclareOptions::durable(),
-            args,
-        )
+        .queue_declare(ShortString::from(name.to_owned()), options, args)
         .await
         .map(drop)
         .map_err(|source| BrokerError::Declare {
             queue: name.to_owned(),
             source,
         })
+}
+
+/// Whether `error` is the broker's soft error `code` (which closes the
+/// channel but not the connection).
+pub(crate) fn is_soft_error(error: &lapin::Error, code: &AMQPSoftError) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(soft) if soft == code))
 }
 
 #[cfg(test)]
@@ -141,5 +242,38 @@ mod tests {
         assert_eq!(t.retry_queue(3), None);
         assert_eq!(t.retry_queue(0), None);
         assert_eq!(t.delay_steps(), 2);
+    }
+
+    #[test]
+    fn the_results_queue_is_bounded_and_drops_its_oldest_reply() {
+        let config = AmqpConfig {
+            queue: "q.x".into(),
+            ..AmqpConfig::default()
+        };
+        let t = Topology::new(&config, &RetryPolicy::default());
+        let args = t.results_arguments();
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(
+            get("x-message-ttl"),
+            Some(AMQPValue::LongLongInt(86_400_000))
+        );
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(100_000)));
+        assert_eq!(get("x-overflow"), Some(text("drop-head")));
+        assert_eq!(get("x-queue-type"), Some(text("quorum")));
+        assert_eq!(
+            t.results_policy_command(),
+            r#"rabbitmqctl set_policy kiln-results '^q\.x\.results$' '{"message-ttl":86400000,"max-length":100000,"overflow":"drop-head"}' --apply-to queues"#
+        );
+        // 0: unbounded, as before.
+        let unbounded = Topology::new(
+            &AmqpConfig {
+                results_ttl_ms: 0,
+                results_max_length: 0,
+                queue_type: QueueType::Classic,
+                ..config
+            },
+            &RetryPolicy::default(),
+        );
+        assert!(unbounded.results_arguments().inner().is_empty());
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
-use kiln_broker::dlq::{self, DeadLetter, ReplayFilter};
+use kiln_broker::dlq::{self, DeadLetter, ReplayFilter, ReplayOptions, Replayed, ReplyRoute};
 
 use super::BrokerArgs;
 use crate::config::KilnConfig;
@@ -29,7 +29,9 @@ enum DlqCommand {
     },
     /// Put dead letters back on the jobs queue with a reset attempt count:
     /// one job (--job-id), every one of a plugin (--plugin), or all of them
-    /// (--all, narrowed by --plugin). One of the three is needed.
+    /// (--all, narrowed by --plugin). One of the three is needed. A job
+    /// whose reply queue is gone (a finished `kiln enqueue --wait`)
+    /// answers to <queue>.results instead, and a line says so.
     #[command(group(
         ArgGroup::new("which")
             .args(["job_id", "all", "plugin"])
@@ -46,6 +48,9 @@ enum DlqCommand {
         /// Only jobs for this plugin (alone: every dead letter of it).
         #[arg(long, value_name = "NAME")]
         plugin: Option<String>,
+        /// Send every reply to this queue instead of the job's reply_to.
+        #[arg(long, value_name = "QUEUE")]
+        reply_to: Option<String>,
     },
 }
 
@@ -75,13 +80,20 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
             job_id,
             all: _,
             plugin,
+            reply_to,
         } => {
-            let filter = ReplayFilter { job_id, plugin };
-            let replayed = dlq::replay(url, &topology, &filter)
+            let options = ReplayOptions {
+                filter: ReplayFilter { job_id, plugin },
+                reply_to,
+            };
+            let replayed = dlq::replay(url, &topology, &options)
                 .await
                 .with_context(|| on("replay", &topology.dead))?;
-            for l in &replayed {
-                println!("replayed {}", l.job_id);
+            for r in &replayed {
+                println!("replayed {}", r.letter.job_id);
+                if let Some(note) = rerouted(r, &topology.results) {
+                    eprintln!("kiln: {note}");
+                }
             }
             eprintln!(
                 "kiln: {} dead letters replayed to {}",
@@ -91,6 +103,18 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to tell about a replayed job whose reply does not go where its
+/// `reply_to` said (the queue is gone), if anything.
+fn rerouted(replayed: &Replayed, results: &str) -> Option<String> {
+    match &replayed.reply {
+        ReplyRoute::Gone(queue) => Some(format!(
+            "job {}: its reply queue {queue} is gone, the reply goes to {results}",
+            replayed.letter.job_id
+        )),
+        ReplyRoute::Results | ReplyRoute::Kept(_) | ReplyRoute::Overridden(_) => None,
+    }
 }
 
 /// The table `kiln dlq list` prints.
@@ -158,7 +182,15 @@ mod tests {
     #[test]
     fn replay_takes_a_job_a_plugin_or_all() {
         let filter = |args: &[&str]| match dlq(args).0 {
-            DlqCommand::Replay { job_id, plugin, .. } => (job_id, plugin),
+            DlqCommand::Replay {
+                job_id,
+                plugin,
+                reply_to,
+                ..
+            } => {
+                assert_eq!(reply_to, None, "{args:?}");
+                (job_id, plugin)
+            }
             other => panic!("{args:?}: {other:?}"),
         };
         let some = |s: &str| Some(s.to_owned());
@@ -186,6 +218,46 @@ mod tests {
             &["dlq", "replay", "--job-id", "r1", "--all"][..],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn replay_takes_a_reply_queue() {
+        match dlq(&["dlq", "replay", "--all", "--reply-to", "mine"]).0 {
+            DlqCommand::Replay { reply_to, .. } => assert_eq!(reply_to.as_deref(), Some("mine")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reply_sent_to_results_instead_is_told() {
+        let letter = DeadLetter {
+            job_id: "j1".into(),
+            plugin: None,
+            kind: "k".into(),
+            message: "m".into(),
+            attempts: 1,
+            age_secs: None,
+        };
+        let told = |reply| {
+            rerouted(
+                &Replayed {
+                    letter: letter.clone(),
+                    reply,
+                },
+                "q.results",
+            )
+        };
+        assert_eq!(
+            told(ReplyRoute::Gone("q.replies.ab".into())).as_deref(),
+            Some("job j1: its reply queue q.replies.ab is gone, the reply goes to q.results")
+        );
+        for quiet in [
+            ReplyRoute::Results,
+            ReplyRoute::Kept("r".into()),
+            ReplyRoute::Overridden("r".into()),
+        ] {
+            assert_eq!(told(quiet.clone()), None, "{quiet:?}");
         }
     }
 

@@ -50,6 +50,10 @@ pub(super) struct EnqueueArgs {
     /// With --wait, give up after this many seconds without a reply.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     idle_timeout: u64,
+    /// With --wait, how long the reply queue survives unused (no run
+    /// waiting on it): a re-run within this time still finds its replies.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    reply_expiry: u64,
 }
 
 pub(super) async fn enqueue(
@@ -86,6 +90,7 @@ pub(super) async fn enqueue(
         url: config.amqp.url.clone(),
         window: args.window,
         reply_queue: reply_queue.clone(),
+        reply_expires: Duration::from_secs(args.reply_expiry),
     };
     let bar = std::io::stderr()
         .is_terminal()
@@ -122,6 +127,7 @@ pub(super) async fn enqueue(
         queue: &queue,
         out: &out,
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        progress: std::io::stderr().is_terminal(),
     };
     wait.collect(waiting).await
 }
@@ -216,6 +222,23 @@ struct Wait<'a> {
     queue: &'a str,
     out: &'a Path,
     idle_timeout: Duration,
+    /// Show a progress bar (stderr is a terminal).
+    progress: bool,
+}
+
+/// The progress line of the `--wait` phase: replies in of `total` awaited,
+/// how many of them failed (status not `ok`), and the time spent waiting.
+fn wait_message(statuses: &BTreeMap<String, u64>, total: usize, elapsed: Duration) -> String {
+    let answered: u64 = statuses.values().sum();
+    let failed: u64 = statuses
+        .iter()
+        .filter(|(s, _)| s.as_str() != "ok")
+        .map(|(_, n)| n)
+        .sum();
+    format!(
+        "waiting: {answered}/{total} answered, {failed} failed, {}s",
+        elapsed.as_secs()
+    )
 }
 
 impl Wait<'_> {
@@ -229,6 +252,17 @@ impl Wait<'_> {
             .open(self.out)
             .with_context(|| format!("cannot open {}", self.out.display()))?;
         let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+        let total = waiting.len();
+        let started = std::time::Instant::now();
+        let bar = self.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{wide_bar} {msg}") {
+                bar.set_style(style);
+            }
+            bar.set_message(wait_message(&statuses, total, Duration::ZERO));
+            bar.enable_steady_tick(Duration::from_secs(1));
+            bar
+        });
         let missing = enqueue::collect_replies(
             self.url,
             self.queue,
@@ -242,11 +276,18 @@ impl Wait<'_> {
                 file.write_all(&row)?;
                 let status = reply.map_or("unreadable", |r| r.status().as_str());
                 *statuses.entry(status.to_owned()).or_default() += 1;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                    b.set_message(wait_message(&statuses, total, started.elapsed()));
+                }
                 Ok(())
             },
         )
         .await
         .with_context(|| format!("cannot collect replies from {}", self.queue))?;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         file.flush()?;
         let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
         eprintln!(
@@ -318,6 +359,22 @@ mod tests {
             kiln_protocol::JobError::new(kiln_protocol::ErrorKind::Timeout, "slow"),
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn the_wait_progress_counts_answered_and_failed() {
+        let mut statuses = BTreeMap::new();
+        assert_eq!(
+            wait_message(&statuses, 10, Duration::ZERO),
+            "waiting: 0/10 answered, 0 failed, 0s"
+        );
+        statuses.insert("ok".to_owned(), 6);
+        statuses.insert("error".to_owned(), 2);
+        statuses.insert("unreadable".to_owned(), 1);
+        assert_eq!(
+            wait_message(&statuses, 10, Duration::from_millis(42_900)),
+            "waiting: 9/10 answered, 3 failed, 42s"
+        );
     }
 
     #[test]
