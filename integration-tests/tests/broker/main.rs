@@ -656,6 +656,7 @@ fn kiln_run_verbose_shows_the_plugins_log_lines() {
     assert!(!quiet.contains("flood          1"), "{quiet}");
     let verbose = run(true);
     assert!(verbose.contains("flood          1"), "{verbose}");
+}
 
 /// The `arguments` column of `rabbitmqctl list_queues` for `queue`, or
 /// `None` when there is no such queue.
