@@ -36,6 +36,32 @@ pub(crate) fn stdout_json(out: &Output) -> Value {
     })
 }
 
+/// The first run compiles the plugin and says so before it starts; the
+/// next one loads it from the cache and says nothing.
+#[test]
+fn run_says_when_a_first_compile_is_under_way() {
+    let plugins = plugin_dir(&["uppercase"]);
+    let cache = tempfile::tempdir().unwrap();
+    let run = || {
+        kiln(
+            plugins.path(),
+            cache.path(),
+            &["run", "uppercase", "--input", "hi"],
+        )
+    };
+    let first = run();
+    assert!(first.status.success());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("compiling uppercase (0.1 MB), once"),
+        "{stderr}"
+    );
+    let second = run();
+    assert!(second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!stderr.contains("compiling"), "{stderr}");
+}
+
 #[test]
 fn run_one_job() {
     let plugins = plugin_dir(&["uppercase", "reverse"]);

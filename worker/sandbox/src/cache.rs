@@ -172,6 +172,16 @@ impl ComponentCache {
             }
         }
 
+        // Compiling a large component takes seconds (a JS or Python one,
+        // 12 to 18 MB, about 10 s on 2 cores): say so before, not after.
+        let name = origin.file_stem().unwrap_or_default().to_string_lossy();
+        tracing::info!(
+            target: "kiln::compile",
+            plugin = %name,
+            wasm_bytes = wasm.len(),
+            "compiling {name} ({:.1} MB), once",
+            wasm.len() as f64 / 1e6
+        );
         let started = std::time::Instant::now();
         let cwasm = engine.precompile_component(wasm)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;

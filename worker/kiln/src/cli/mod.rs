@@ -100,8 +100,12 @@ impl BrokerArgs {
 
 /// `kiln worker`'s filter when `log.filter` is unset: `info` for the
 /// worker's lifecycle, `warn` elsewhere.
-const WORKER_LOG_FILTER: &str =
-    "warn,kiln::worker=info,kiln::reload=info,kiln_broker::session=info,kiln_broker::drain=info";
+const WORKER_LOG_FILTER: &str = "warn,kiln::worker=info,kiln::reload=info,kiln::compile=info,\
+     kiln_broker::session=info,kiln_broker::drain=info";
+
+/// Every other command's filter when `log.filter` is unset: warnings, and
+/// the line that says a first-time compile is under way.
+const QUIET_LOG_FILTER: &str = "warn,kiln::compile=info";
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
@@ -124,7 +128,7 @@ pub fn main() -> ExitCode {
         // nothing); the other commands stay quiet.
         log.filter = match cli.command {
             Command::Worker(_) => WORKER_LOG_FILTER,
-            _ => "warn",
+            _ => QUIET_LOG_FILTER,
         }
         .into();
     }
