@@ -116,5 +116,11 @@ mod tests {
             let line = format!("# TYPE {want} counter");
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+        // A collector's HELP text is printed as given: it ends in one period.
+        let help: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert_eq!(help.len(), 5, "{text}");
+        for line in help {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
     }
 }
