@@ -184,7 +184,7 @@ struct PipelineJob {
 fn pipeline_setup() -> PipelineJob {
     let (rt, sandbox, plugin) = loaded();
     let registry = Arc::new(Registry::from_parts([plugin], []));
-    let pipeline = kiln::pipeline_for(&KilnConfig::default(), registry);
+    let pipeline = Pipeline::from_config(&KilnConfig::default(), registry);
     let body = job_body(INPUT_BYTES);
     for _ in 0..WARM_UP_JOBS {
         let handled = rt.block_on(pipeline.handle(&body, &Envelope::default(), 1));
