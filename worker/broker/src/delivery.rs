@@ -148,11 +148,16 @@ impl<H: JobHandler> Job<H> {
                 Purpose::Reply => {}
                 Purpose::Retry { next_attempt } => {
                     self.stats.count_retry(failure.plugin, failure.kind);
-                    tracing::info!(queue, next_attempt, "job scheduled for retry");
+                    tracing::info!(
+                        queue,
+                        job_id = failure.job_id,
+                        next_attempt,
+                        "job scheduled for retry"
+                    );
                 }
                 Purpose::DeadLetter { kind } => {
                     self.stats.count_dead_letter(failure.plugin, kind);
-                    tracing::warn!(queue, kind, "job dead-lettered");
+                    tracing::warn!(queue, job_id = failure.job_id, kind, "job dead-lettered");
                 }
             }
         }
@@ -164,6 +169,7 @@ impl<H: JobHandler> Job<H> {
 /// (or [`UNKNOWN_PLUGIN`](crate::stats::UNKNOWN_PLUGIN): a name taken from
 /// a job makes no series unless it was loaded) and its error kind.
 struct Failure<'a> {
+    job_id: &'a str,
     plugin: &'a str,
     kind: &'static str,
 }
@@ -176,7 +182,11 @@ impl<'a> Failure<'a> {
             None => crate::stats::UNKNOWN_PLUGIN,
         };
         let kind = handled.error.map_or("ok", kiln_protocol::ErrorKind::as_str);
-        Self { plugin, kind }
+        Self {
+            job_id: &handled.job_id,
+            plugin,
+            kind,
+        }
     }
 }
 

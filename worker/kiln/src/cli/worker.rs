@@ -21,7 +21,8 @@ pub(super) struct WorkerArgs {
     /// Jobs run at once [config: pipeline.concurrency; default: one per CPU]
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
-    /// Address of /healthz and /readyz [config: http.listen]
+    /// Address of the HTTP endpoints: /healthz, /readyz, /metrics and
+    /// /plugins [config: http.listen]
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<std::net::SocketAddr>,
     /// The connection name shown by the broker [config: amqp.connection_name]
@@ -94,5 +95,18 @@ mod tests {
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:9999");
         assert_eq!(config.amqp.connection_name.as_deref(), Some("w1"));
         assert_eq!(config.amqp.queue, "q");
+    }
+
+    #[test]
+    fn http_listen_names_every_endpoint() {
+        let help = parse(&["worker", "--help"]).unwrap_err().to_string();
+        let line = help
+            .split("--http-listen")
+            .nth(1)
+            .and_then(|rest| rest.split("\n      --").next())
+            .unwrap_or_default();
+        for path in ["/healthz", "/readyz", "/metrics", "/plugins"] {
+            assert!(line.contains(path), "{path} missing from: {line}");
+        }
     }
 }
