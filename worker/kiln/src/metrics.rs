@@ -329,14 +329,24 @@ impl Drop for InFlight {
 #[derive(Debug)]
 struct PluginsNow(SharedRegistry);
 
+/// Encodes one unlabelled metric read at scrape time, for the collectors.
+fn constant(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     value: usize,
 ) -> std::fmt::Result {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+    let value = i64::try_from(value).unwrap_or(i64::MAX);
+    constant(encoder, name, help, ConstGauge::new(value))
 }
 
 fn counter(
@@ -345,8 +355,7 @@ fn counter(
     help: &str,
     value: u64,
 ) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+    constant(encoder, name, help, ConstCounter::new(value))
 }
 
 impl Collector for PluginsNow {

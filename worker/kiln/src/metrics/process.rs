@@ -4,7 +4,7 @@
 //! descriptors, start time.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -86,8 +86,7 @@ fn gauge(
     help: &str,
     value: f64,
 ) -> std::fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+    super::constant(encoder, name, help, ConstGauge::new(value))
 }
 
 impl Collector for ProcessMetrics {
@@ -95,13 +94,12 @@ impl Collector for ProcessMetrics {
         let Some(sample) = read() else {
             return Ok(());
         };
-        let cpu = ConstCounter::new(sample.cpu_seconds);
-        cpu.encode(encoder.encode_descriptor(
+        super::constant(
+            &mut encoder,
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds.",
-            None,
-            cpu.metric_type(),
-        )?)?;
+            ConstCounter::new(sample.cpu_seconds),
+        )?;
         gauge(
             &mut encoder,
             "process_resident_memory_bytes",
