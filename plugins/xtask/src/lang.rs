@@ -84,12 +84,28 @@ fn cached(
     name: &str,
     install: impl FnOnce(&Path) -> Result<(), BuildError>,
 ) -> Result<PathBuf, BuildError> {
-    let root = toolchains_dir();
+    cached_in(&toolchains_dir(), name, install)
+}
+
+/// [`cached`] under an explicit root.
+fn cached_in(
+    root: &Path,
+    name: &str,
+    install: impl FnOnce(&Path) -> Result<(), BuildError>,
+) -> Result<PathBuf, BuildError> {
+    static INSTALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = root.join(name);
     if dir.is_dir() {
         return Ok(dir);
     }
-    let partial = root.join(format!("{name}.partial"));
+    // One partial directory per installer: two processes filling the same
+    // cache at once (a build script and `cargo xtask`, or two checkouts)
+    // each install into their own, and the second rename loses gracefully.
+    let partial = root.join(format!(
+        "{name}.partial.{}.{}",
+        std::process::id(),
+        INSTALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     if partial.exists() {
         std::fs::remove_dir_all(&partial)
             .map_err(|e| err(format!("cannot remove {}: {e}", partial.display())))?;
@@ -99,8 +115,14 @@ fn cached(
     eprintln!("xtask: installing {name} into {}", dir.display());
     let started = Instant::now();
     install(&partial)?;
-    std::fs::rename(&partial, &dir)
-        .map_err(|e| err(format!("cannot rename {}: {e}", partial.display())))?;
+    if let Err(e) = std::fs::rename(&partial, &dir) {
+        if !dir.is_dir() {
+            return Err(err(format!("cannot rename {}: {e}", partial.display())));
+        }
+        // Another installer finished first; its copy is as good as ours.
+        eprintln!("xtask: {name} was installed concurrently; keeping that copy");
+        let _ = std::fs::remove_dir_all(&partial);
+    }
     eprintln!(
         "xtask: installed {name} in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -555,4 +577,46 @@ pub fn install_rust_textcase(rust_artifacts: &Path) -> Result<PathBuf, BuildErro
     std::fs::copy(rust_artifacts.join("textcase_rust.wasm"), &to)
         .map_err(|e| err(format!("cannot copy textcase_rust.wasm: {e}")))?;
     Ok(to)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Two installers racing for one cache entry both succeed, and the entry
+    /// is complete (CI once failed here: "cannot rename ….partial: Directory
+    /// not empty", when two processes installed componentize-js at once).
+    #[test]
+    fn concurrent_installs_of_one_entry_both_succeed() {
+        let root = std::env::temp_dir().join(format!("kiln-xtask-cached-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let installers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        cached_in(&root, "tool-1.0", |d| {
+                            std::fs::write(d.join("bin"), b"ok").unwrap();
+                            // Both are mid-install before either renames.
+                            barrier.wait();
+                            Ok(())
+                        })
+                    })
+                })
+                .collect();
+            installers.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for result in results {
+            let dir = result.unwrap();
+            assert_eq!(std::fs::read(dir.join("bin")).unwrap(), b"ok");
+        }
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["tool-1.0"], "no partial directory is left behind");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
