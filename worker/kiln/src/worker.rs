@@ -22,6 +22,12 @@ impl JobHandler for Pipeline {
     async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
         Pipeline::handle(self, body, envelope, attempt).await
     }
+
+    fn waited(&self, handled: &Handled, wait: std::time::Duration) {
+        if let Some(metrics) = self.metrics() {
+            metrics.queue_waited(&handled.reply.plugin, wait);
+        }
+    }
 }
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
