@@ -60,7 +60,8 @@ pub async fn run(
         .with_trace_headers(trace)
         .with_abort(abort_rx.clone());
     let exposition = Arc::new(
-        Exposition::new(&jobs, plugins.clone()).with_collector(BrokerCounters::new(worker.stats())),
+        Exposition::new(&jobs, plugins.clone())
+            .with_collector(BrokerCounters::new(worker.stats(), &jobs)),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
