@@ -132,6 +132,43 @@ pub fn enqueue(queue: &str, jobs: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// A worker on `queue` with `plugins` and `env`, running a `hostile-spin`
+/// job (id `spin`, no reply queue) for half a second already: the setup of
+/// the tests that stop or crowd a busy worker. `env` must give the spinner
+/// the deadline and fuel it is to run for.
+pub async fn spinning(queue: &str, plugins: &[&str], env: &[(&str, &str)]) -> (WorkerProc, Broker) {
+    let worker = WorkerProc::spawn_with(queue, plugins, env).await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(queue, job("spin", "hostile-spin", "x"), None, None)
+        .await;
+    // Let the spinner start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (worker, broker)
+}
+
+/// The value of the sample line `series value` of an exposition, where
+/// `series` is `name{labels}` as rendered.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of the sample `series` on the worker's `/metrics`, if it has
+/// one.
+pub fn metric(worker: &WorkerProc, series: &str) -> Option<f64> {
+    sample(&worker.get("/metrics")?, series)
+}
+
+/// The JSON log lines of `log` whose message is `message`.
+pub fn log_lines(log: &str, message: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
 /// Waits until `path` has at least `n` lines; returns the count seen.
 pub async fn wait_for_lines(path: &Path, n: usize, timeout: Duration) -> usize {
     let started = Instant::now();

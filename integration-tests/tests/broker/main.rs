@@ -147,7 +147,7 @@ async fn one_dead_letter(broker: &Broker, q: &TestQueue, kind: &str) -> Received
 async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
     let q = TestQueue::new("pool");
     // One instance in the pool, held by a spinning job for 4 s.
-    let worker = WorkerProc::spawn_with(
+    let (worker, broker) = broker::spinning(
         &q,
         &["hostile-spin", "uppercase"],
         &[
@@ -159,12 +159,7 @@ async fn exhausted_instance_pool_is_internal_retried_then_dead_lettered() {
         ],
     )
     .await;
-    let broker = Broker::connect().await;
     let replies = broker.reply_queue().await;
-    broker
-        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let crowded = job("crowded", "uppercase", "x");
     broker.ask(&q, crowded, &replies, "c-crowded").await;
     // Three attempts, 100 ms and 400 ms apart, all while the spinner runs.
@@ -287,20 +282,16 @@ async fn sigterm_while_busy_finishes_in_flight_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_draining_worker_is_live_but_not_ready() {
     let q = TestQueue::new("drain");
-    let worker = WorkerProc::spawn(
+    let (worker, _broker) = broker::spinning(
         &q,
+        &broker::PLUGINS,
         &[
             ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "3000"),
             ("KILN__SANDBOX__LIMITS__FUEL", "1000000000000"),
         ],
     )
     .await;
-    let broker = Broker::connect().await;
-    broker
-        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
-        .await;
-    // Let the spinner start, then stop the worker while it runs.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stop the worker while the spinner runs.
     let stopped_at = std::time::Instant::now();
     worker.sigterm();
     assert!(
@@ -322,8 +313,9 @@ async fn a_draining_worker_is_live_but_not_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_requeues_in_flight_jobs_and_exits_non_zero() {
     let q = TestQueue::new("sigterm2");
-    let worker = WorkerProc::spawn(
+    let (worker, broker) = broker::spinning(
         &q,
+        &broker::PLUGINS,
         &[
             // The spinner would run 30 s, and the drain would wait for it.
             ("KILN__SANDBOX__LIMITS__TIMEOUT_MS", "30000"),
@@ -332,12 +324,7 @@ async fn a_second_sigterm_requeues_in_flight_jobs_and_exits_non_zero() {
         ],
     )
     .await;
-    let broker = Broker::connect().await;
-    broker
-        .publish(&q, job("spin", "hostile-spin", "x"), None, None)
-        .await;
-    // Let the spinner start, then stop the worker twice while it runs.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stop the worker twice while the spinner runs.
     let stopped_at = std::time::Instant::now();
     worker.sigterm();
     assert!(
@@ -394,6 +381,65 @@ async fn the_worker_logs_its_settings_and_state_changes_at_info_by_default() {
             .unwrap_or_else(|| panic!("{state} missing or out of order in {log}"));
         at += found;
     }
+}
+
+/// A dead letter is logged at `warn` with its job id and kind, which the
+/// default filter shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dead_letter_log_line_carries_the_job_id() {
+    let q = TestQueue::new("deadlog");
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &[("RUST_LOG", "")]).await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("dl-7", "no-such-plugin-c3", "x"), None, None)
+        .await;
+    let dead = broker.drain(&q.dead(), 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    let (status, log) = worker.stop_with_log().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let lines = broker::log_lines(&log, "job dead-lettered");
+    assert_eq!(lines.len(), 1, "{log}");
+    let fields = &lines[0]["fields"];
+    assert_eq!(fields["job_id"], "dl-7", "{log}");
+    assert_eq!(fields["kind"], "unknown-plugin", "{log}");
+    assert_eq!(lines[0]["level"], "WARN", "{log}");
+}
+
+/// `kiln enqueue` stamps each job with its publish time, and the worker
+/// observes how long each waited in `kiln_job_queue_wait_seconds`; a job
+/// without a timestamp is not observed.
+#[tokio::test(flavor = "multi_thread")]
+async fn enqueued_jobs_are_timestamped_and_their_queue_wait_observed() {
+    let q = TestQueue::new("queuewait");
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &[]).await;
+    let count = "kiln_job_queue_wait_seconds_count{plugin=\"uppercase\"}";
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .ask(&q, job("no-stamp", "uppercase", "x"), &replies, "no-stamp")
+        .await;
+    assert_eq!(replies.take(1, Duration::from_secs(20)).await.len(), 1);
+    assert_eq!(
+        broker::metric(&worker, count),
+        None,
+        "no timestamp, no wait"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"job_id":"w{i}","plugin":"uppercase","input":"x"}}"#))
+        .collect();
+    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    let out = dir.path().join("replies.jsonl");
+    let status = broker::enqueue(&q, &jobs, &out).status().unwrap();
+    assert!(status.success());
+    assert_eq!(broker::metric(&worker, count), Some(5.0));
+    // Taken at once: each waited well under half a minute (a wait read
+    // from a timestamp in the wrong unit would not).
+    let quick = "kiln_job_queue_wait_seconds_bucket{le=\"30.0\",plugin=\"uppercase\"}";
+    assert_eq!(broker::metric(&worker, quick), Some(5.0));
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

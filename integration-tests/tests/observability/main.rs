@@ -11,7 +11,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_integration_tests::broker::{Broker, Replies, TestQueue, URL, WorkerProc, job};
+use kiln_integration_tests::broker::{
+    self, Broker, Replies, TestQueue, URL, WorkerProc, job, sample,
+};
 use kiln_integration_tests::kiln;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -354,6 +356,102 @@ async fn job_spans_continue_the_producer_trace_and_are_flushed_on_sigterm() {
     );
 }
 
+/// With export on, a JSON log line written in a job's span (here its
+/// dead-letter warning) carries the trace and span ids of the exported job
+/// span; the worker's start line, outside any span, carries none.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_lines_in_a_job_span_carry_its_trace_and_span_ids() {
+    let receiver = Receiver::start().await;
+    let q = queue("logids");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("RUST_LOG", ""),
+    ];
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &env).await;
+    let broker = Broker::connect().await;
+    broker
+        .publish(&q, job("ids-1", "no-such-plugin-d4", "x"), None, None)
+        .await;
+    let dead = broker.drain(&q.dead(), 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    let (status, log) = worker.stop_with_log().await;
+    assert!(status.success(), "{log}");
+    let spans = receiver
+        .wait_for("the job span", |s| {
+            s.iter()
+                .any(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("ids-1"))
+        })
+        .await;
+    let span = spans
+        .iter()
+        .find(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("ids-1"))
+        .unwrap();
+    let lines = broker::log_lines(&log, "job dead-lettered");
+    assert_eq!(lines.len(), 1, "{log}");
+    assert_eq!(lines[0]["fields"]["job_id"], "ids-1", "{log}");
+    assert_eq!(lines[0]["trace_id"], span.trace_id.as_str(), "{log}");
+    assert_eq!(lines[0]["span_id"], span.span_id.as_str(), "{log}");
+    let start = broker::log_lines(&log, "worker starting");
+    assert_eq!(start.len(), 1, "{log}");
+    assert!(start[0].get("trace_id").is_none(), "{log}");
+}
+
+/// An exporter that cannot reach its endpoint says so at `warn`, naming
+/// the endpoint, once a minute at most: several failed exports (jobs
+/// spread over seconds, batches sent every 100 ms) make one line, and the
+/// exit line counts the failures it did not log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_export_is_logged_rate_limited() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let q = queue("exportfail");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", ""),
+    ];
+    let worker = WorkerProc::spawn_with(&q, &["uppercase"], &env).await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    for i in 0..10 {
+        let id = format!("x{i}");
+        broker
+            .ask(&q, job(&id, "uppercase", "x"), &replies, &id)
+            .await;
+        assert_eq!(replies.take(1, Duration::from_secs(20)).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, log) = worker.stop_with_log().await;
+    assert!(status.success(), "{log}");
+    let failed = broker::log_lines(
+        &log,
+        "OTLP trace export failed, spans dropped (logged at most once a minute)",
+    );
+    assert_eq!(failed.len(), 1, "{log}");
+    assert_eq!(failed[0]["level"], "WARN", "{log}");
+    assert_eq!(
+        failed[0]["fields"]["endpoint"],
+        format!("{endpoint}/v1/traces"),
+        "{log}"
+    );
+    assert!(
+        failed[0]["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{log}"
+    );
+    let untold = broker::log_lines(&log, "OTLP trace export failures not logged before exit");
+    assert_eq!(untold.len(), 1, "{log}");
+    let suppressed = untold[0]["fields"]["suppressed"].as_u64().unwrap_or(0);
+    // Several batches failed (one every 100 ms at most while jobs ran),
+    // and only the first made a line.
+    assert!(suppressed >= 2, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_endpoint_replies_carry_no_trace_headers() {
     let q = queue("notrace");
@@ -378,13 +476,6 @@ async fn without_an_endpoint_replies_carry_no_trace_headers() {
 }
 
 // --------------------------------------------------------------- metrics
-
-/// The value of one sample line `series value` of an exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 fn check_samples(text: &str, expected: &[(&str, f64)]) {
     for (series, want) in expected {

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_protocol::{Admission, Envelope, Handled, span as fields};
 use lapin::message::Delivery;
@@ -31,6 +32,26 @@ pub trait JobHandler: Send + Sync + 'static {
         envelope: &Envelope<'_>,
         attempt: u32,
     ) -> impl Future<Output = Handled> + Send;
+
+    /// Told, once a job's first attempt is handled, how long the job
+    /// waited before a job slot took it (`queue_wait` here): only for jobs
+    /// whose producer set the AMQP `timestamp`. `handled` names the plugin
+    /// that ran it. The broker only measures; the default ignores it.
+    fn waited(&self, handled: &Handled, wait: Duration) {
+        let _ = (handled, wait);
+    }
+}
+
+/// How long a job waited in the queue: `received` minus its AMQP
+/// `timestamp` (whole Unix seconds, set by the producer), so up to a second
+/// more than it really waited. `None` without a timestamp (or with 0, which
+/// some clients send for none). A timestamp ahead of `received` (the
+/// producer's clock runs ahead of this worker's) gives zero rather than
+/// nothing: the job waited about that long, and skipping it would drop
+/// exactly the shortest waits.
+pub(crate) fn queue_wait(timestamp: Option<u64>, received: SystemTime) -> Option<Duration> {
+    let sent = UNIX_EPOCH.checked_add(Duration::from_secs(timestamp.filter(|t| *t > 0)?))?;
+    Some(received.duration_since(sent).unwrap_or(Duration::ZERO))
 }
 
 /// What one delivery's task needs.
@@ -51,6 +72,13 @@ impl<H: JobHandler> Job<H> {
     /// those).
     pub(crate) async fn process(self, delivery: Delivery, slot: OwnedSemaphorePermit) {
         let incoming = Incoming::read(&delivery.properties);
+        // A retry keeps the producer's timestamp, so its wait would count
+        // the earlier attempts and the backoff: only first attempts count.
+        let waited = if incoming.attempt == 1 {
+            queue_wait(*delivery.properties.timestamp(), SystemTime::now())
+        } else {
+            None
+        };
         let span = job_span(
             &self.topology.jobs,
             delivery.routing_key.as_str(),
@@ -74,6 +102,9 @@ impl<H: JobHandler> Job<H> {
                 }
             };
             drop(slot);
+            if let Some(wait) = waited {
+                self.handler.waited(&handled, wait);
+            }
             record_outcome(&tracing::Span::current(), &handled);
             let failure = Failure::of(&handled);
             let delivered = Delivered {
@@ -236,10 +267,11 @@ fn job_span(
     )
 }
 
-/// Now, in Unix seconds (0 if the clock is before 1970).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+/// Now, in Unix seconds (0 if the clock is before 1970): the dead-letter
+/// time, and the `timestamp` `kiln enqueue` sets.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
@@ -351,6 +383,30 @@ mod tests {
                 .all(|(name, _)| name != fields::STATUS_CODE && name != fields::ERROR_TYPE),
             "{fields:?}"
         );
+    }
+
+    /// The queue wait is the time since the producer's timestamp; a clock
+    /// ahead of ours gives zero, and no timestamp (or 0) no wait at all.
+    #[test]
+    fn queue_wait_is_the_time_since_the_timestamp_clamped_at_zero() {
+        let received = UNIX_EPOCH + Duration::from_millis(1_700_000_010_250);
+        assert_eq!(
+            queue_wait(Some(1_700_000_000), received),
+            Some(Duration::from_millis(10_250))
+        );
+        assert_eq!(
+            queue_wait(Some(1_700_000_010), received),
+            Some(Duration::from_millis(250))
+        );
+        // The producer's clock runs 50 s ahead.
+        assert_eq!(
+            queue_wait(Some(1_700_000_060), received),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(queue_wait(None, received), None);
+        assert_eq!(queue_wait(Some(0), received), None);
+        // Past what the clock can hold: no overflow, no wait.
+        assert_eq!(queue_wait(Some(u64::MAX), received), None);
     }
 
     /// Retries and dead letters are labelled by a loaded plugin only.

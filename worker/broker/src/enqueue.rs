@@ -3,7 +3,9 @@
 //!
 //! **Resumable.** Each job is published with `message_id` and
 //! `correlation_id` set to its job id, which is stable (the record's
-//! `job_id`, else the deterministic default of `kiln-protocol`). With
+//! `job_id`, else the deterministic default of `kiln-protocol`), and
+//! with the AMQP `timestamp` of its publish, from which a worker measures
+//! how long it waited (`kiln_job_queue_wait_seconds`). With
 //! `--wait`, replies go to a durable queue named after the run's input
 //! (`<queue>.replies.<hash>`), so replies that arrive while `kiln enqueue`
 //! is down wait for it. A re-run reads the output file first, skips every
@@ -149,7 +151,10 @@ pub async fn publish_jobs(
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(job.job_id.clone()))
-            .with_correlation_id(ShortString::from(job.job_id.clone()));
+            .with_correlation_id(ShortString::from(job.job_id.clone()))
+            // The publish time, for the worker's queue wait
+            // (`kiln_job_queue_wait_seconds`).
+            .with_timestamp(crate::delivery::unix_now());
         if let Some(q) = &options.reply_queue {
             props = props.with_reply_to(ShortString::from(q.clone()));
         }

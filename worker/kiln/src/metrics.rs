@@ -56,6 +56,12 @@ struct PluginLabels {
     version: Arc<str>,
 }
 
+/// Labels of `kiln_job_queue_wait_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QueueLabels {
+    plugin: Arc<str>,
+}
+
 /// Labels of `kiln_capability_denials_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DenialLabels {
@@ -96,6 +102,15 @@ fn instantiation_histogram() -> Histogram {
     ])
 }
 
+/// Queue waits, from the AMQP `timestamp`: whole seconds, so nothing finer
+/// than half a second; up to a day.
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1_800.0, 3_600.0, 7_200.0,
+        21_600.0, 86_400.0,
+    ])
+}
+
 fn fuel_histogram() -> Histogram {
     // 1e3 to 1e10 units of fuel, one bucket per decade.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -122,6 +137,7 @@ pub struct JobMetrics {
     duration: HistogramFamily,
     fuel: HistogramFamily,
     instantiation: HistogramFamily,
+    queue_wait: Family<QueueLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     denials: Family<DenialLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -142,6 +158,7 @@ impl JobMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::new_with_constructor(fuel_histogram),
             instantiation: Family::new_with_constructor(instantiation_histogram),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
             in_flight: Gauge::default(),
             denials: Family::default(),
             reloads: Family::default(),
@@ -291,6 +308,16 @@ impl JobMetrics {
         }
     }
 
+    /// Records how long a job for `plugin` (as its reply names it) waited in
+    /// the queue before a job slot took it.
+    pub fn queue_waited(&self, plugin: &str, wait: Duration) {
+        self.queue_wait
+            .get_or_create(&QueueLabels {
+                plugin: self.label(plugin),
+            })
+            .observe(wait.as_secs_f64());
+    }
+
     /// Counts the capabilities a run of a loaded plugin was refused (the
     /// ones the host sees: [`kiln_sandbox::Capability`]).
     pub fn capabilities_denied(&self, plugin: &str, denials: &Denials) {
@@ -409,6 +436,12 @@ impl Exposition {
             Unit::Seconds,
             jobs.instantiation.clone(),
         );
+        registry.register_with_unit(
+            "kiln_job_queue_wait",
+            "Time a job waited between its publish (the AMQP `timestamp` its producer set, in whole seconds) and a job slot taking it, by plugin; first attempts only",
+            Unit::Seconds,
+            jobs.queue_wait.clone(),
+        );
         registry.register(
             "kiln_capability_denials",
             "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted",
@@ -520,6 +553,8 @@ mod tests {
             12_345,
             Duration::from_micros(40),
         );
+        jobs.queue_waited("nope", Duration::from_millis(1_500));
+        jobs.queue_waited("", Duration::from_secs(40));
         let guard = jobs.in_flight();
         let text = exposition.render();
         drop(guard);
@@ -557,6 +592,16 @@ mod tests {
                 "kiln_plugin_instantiation_seconds_count{plugin=\"unknown\",version=\"\"}",
                 1.0,
             ),
+            ("kiln_job_queue_wait_seconds_count{plugin=\"unknown\"}", 2.0),
+            ("kiln_job_queue_wait_seconds_sum{plugin=\"unknown\"}", 41.5),
+            (
+                "kiln_job_queue_wait_seconds_bucket{le=\"2.0\",plugin=\"unknown\"}",
+                1.0,
+            ),
+            (
+                "kiln_job_queue_wait_seconds_bucket{le=\"1.0\",plugin=\"unknown\"}",
+                0.0,
+            ),
             ("kiln_jobs_in_flight", 1.0),
             ("kiln_test_extra_total", 7.0),
             ("kiln_plugins_loaded", 0.0),
@@ -573,6 +618,7 @@ mod tests {
             ("kiln_job_duration_seconds", "histogram"),
             ("kiln_job_fuel_consumed", "histogram"),
             ("kiln_plugin_instantiation_seconds", "histogram"),
+            ("kiln_job_queue_wait_seconds", "histogram"),
             ("kiln_jobs_in_flight", "gauge"),
             ("kiln_test_extra", "counter"),
             ("kiln_plugins_loaded", "gauge"),

@@ -82,6 +82,11 @@ impl Pipeline {
         &self.registry
     }
 
+    /// The instruments it counts jobs in, if any ([`Pipeline::with_metrics`]).
+    pub fn metrics(&self) -> Option<&JobMetrics> {
+        self.metrics.as_ref()
+    }
+
     /// The retry policy of the outcome table.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy

@@ -14,20 +14,29 @@
 //! spans and warnings), independent of the log filter. With export off
 //! there is no OpenTelemetry layer at all, and the broker's propagation
 //! hook is [`NoTraceHeaders`].
+//!
+//! With export on, a JSON log line written inside an exported span carries
+//! that span's `trace_id` and `span_id` ([`WithTraceIds`]), and a failing
+//! export is logged, at most once a minute ([`Reporting`]).
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_broker::{NoTraceHeaders, TraceHeaders};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
@@ -95,6 +104,24 @@ fn service_named_by_env() -> bool {
         })
 }
 
+/// Where the exporter sends spans, as `opentelemetry-otlp` resolves it:
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces`; a password redacted.
+/// `env` reads a variable.
+fn traces_endpoint(env: impl Fn(&str) -> Option<String>) -> String {
+    let var = |name| env(name).filter(|v: &String| !v.is_empty());
+    let url = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").unwrap_or_else(|| {
+        let base = var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+        let path = if base.ends_with('/') {
+            "v1/traces"
+        } else {
+            "/v1/traces"
+        };
+        format!("{base}{path}")
+    });
+    kiln_broker::redact(&url)
+}
+
 fn tracer_provider() -> Result<SdkTracerProvider, String> {
     // reqwest is built without a default crypto provider: use ring, as lapin does.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -102,6 +129,8 @@ fn tracer_provider() -> Result<SdkTracerProvider, String> {
         .with_http()
         .build()
         .map_err(|e| e.to_string())?;
+    let endpoint = traces_endpoint(|name| std::env::var(name).ok());
+    let exporter = Reporting::new(exporter, endpoint, EXPORT_FAILURE_LOG_INTERVAL);
     let mut resource = opentelemetry_sdk::Resource::builder().with_attribute(
         opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
     );
@@ -144,7 +173,10 @@ pub fn init(log: &LogConfig) -> Telemetry {
     }));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
-        fmt.json().with_filter(filter).boxed()
+        fmt.json()
+            .map_event_format(WithTraceIds)
+            .with_filter(filter)
+            .boxed()
     } else {
         fmt.with_filter(filter).boxed()
     };
@@ -181,6 +213,185 @@ pub fn init(log: &LogConfig) -> Telemetry {
         tracing::error!(%error, "cannot start the OTLP trace exporter; traces are off");
     }
     Telemetry { provider }
+}
+
+/// JSON log lines with the `trace_id` and `span_id` (lowercase hex, as in
+/// `traceparent`) of the OpenTelemetry span current when they are written,
+/// as top-level keys after the others, when there is one: with export on,
+/// the innermost exported span the line was logged in (a job's `job` span).
+/// The OpenTelemetry layer makes a span's context current while the span is
+/// entered, so this reads a thread-local and costs nothing without export.
+#[derive(Debug)]
+pub struct WithTraceIds<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = opentelemetry::Context::map_current(|cx| {
+            let span = cx.span();
+            let sc = span.span_context();
+            sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // One JSON object and a newline: the ids go before its closing brace.
+        match line.rfind('}') {
+            Some(end) => write!(
+                writer,
+                "{},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"{}",
+                &line[..end],
+                &line[end..]
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// How often a failing trace export is logged, at most.
+const EXPORT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The span exporter, logging its failures (the SDK, built without its
+/// internal logs, would drop them silently): the first at `warn` at once,
+/// then at most one line per `every`, each with the number of failures
+/// not logged since the previous line (`suppressed`); `info` when an export
+/// succeeds again; and at exit, the failures not logged yet.
+#[derive(Debug)]
+pub struct Reporting<E> {
+    inner: E,
+    endpoint: String,
+    failures: Throttle,
+}
+
+impl<E> Reporting<E> {
+    /// `inner`, which sends to `endpoint` (named in the log lines), with
+    /// failures logged at most once per `every`.
+    pub fn new(inner: E, endpoint: String, every: Duration) -> Self {
+        Self {
+            inner,
+            endpoint,
+            failures: Throttle::new(every),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                if let Some(suppressed) = self.failures.succeeded() {
+                    tracing::info!(endpoint = %self.endpoint, suppressed, "OTLP trace export recovered");
+                }
+            }
+            Err(error) => {
+                if let Some(suppressed) = self.failures.failed(Instant::now()) {
+                    tracing::warn!(
+                        endpoint = %self.endpoint,
+                        %error,
+                        spans,
+                        suppressed,
+                        "OTLP trace export failed, spans dropped (logged at most once a minute)"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if let Some(suppressed) = self.failures.unreported() {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                suppressed,
+                "OTLP trace export failures not logged before exit"
+            );
+        }
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Decides which failures of a repeated operation are logged: the first,
+/// then at most one per `every`.
+#[derive(Debug)]
+struct Throttle {
+    every: Duration,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    /// When the last failure was logged.
+    logged_at: Option<Instant>,
+    /// Failures since then, not logged.
+    unreported: u64,
+    /// Whether the last attempt failed.
+    failing: bool,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A failure at `now`: `Some(failures not logged since the last line)`
+    /// when this one is to be logged, `None` when it is only counted.
+    fn failed(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state();
+        state.failing = true;
+        match state.logged_at {
+            Some(at) if now.saturating_duration_since(at) < self.every => {
+                state.unreported += 1;
+                None
+            }
+            _ => {
+                state.logged_at = Some(now);
+                Some(std::mem::take(&mut state.unreported))
+            }
+        }
+    }
+
+    /// A success: `Some(failures not logged)` when it ends a run of
+    /// failures.
+    fn succeeded(&self) -> Option<u64> {
+        let mut state = self.state();
+        std::mem::take(&mut state.failing).then(|| std::mem::take(&mut state.unreported))
+    }
+
+    /// The failures not logged yet, if any (and they are now).
+    fn unreported(&self) -> Option<u64> {
+        let n = std::mem::take(&mut self.state().unreported);
+        (n > 0).then_some(n)
+    }
 }
 
 /// W3C `traceparent`/`tracestate` in AMQP headers.
@@ -240,6 +451,111 @@ impl TraceHeaders for W3cHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// A log line in an exported span carries its trace and span ids; one
+    /// outside any span carries neither.
+    #[test]
+    fn json_lines_in_an_exported_span_carry_its_ids() {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .map_event_format(WithTraceIds)
+                    .with_writer(move || out.clone()),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("outside");
+            let span = tracing::info_span!("job");
+            let _entered = span.enter();
+            tracing::warn!(job_id = "j1", "inside");
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        });
+        let text = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["fields"]["message"], "outside");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["fields"]["job_id"], "j1", "{text}");
+        assert_eq!(lines[1]["trace_id"], trace_id.as_str(), "{text}");
+        assert_eq!(lines[1]["span_id"], span_id.as_str(), "{text}");
+        assert_eq!(trace_id.len(), 32);
+    }
+
+    /// The first failure is logged, then at most one per interval with the
+    /// count of those not logged; a success ends the run of failures.
+    #[test]
+    fn export_failures_are_logged_once_per_interval() {
+        let every = Duration::from_secs(60);
+        let throttle = Throttle::new(every);
+        let t0 = Instant::now();
+        assert_eq!(throttle.failed(t0), Some(0));
+        for s in 1..=10 {
+            assert_eq!(throttle.failed(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(throttle.failed(t0 + every), Some(10));
+        assert_eq!(throttle.failed(t0 + every + Duration::from_secs(1)), None);
+        // Recovered: the one not logged is told with the recovery.
+        assert_eq!(throttle.succeeded(), Some(1));
+        assert_eq!(throttle.succeeded(), None);
+        // A new failure within the interval is only counted, and told at exit.
+        assert_eq!(throttle.failed(t0 + every + Duration::from_secs(2)), None);
+        assert_eq!(throttle.unreported(), Some(1));
+        assert_eq!(throttle.unreported(), None);
+        assert_eq!(throttle.failed(t0 + every * 2), Some(0));
+    }
+
+    #[test]
+    fn the_endpoint_named_in_logs_is_the_one_the_exporter_uses() {
+        let endpoint = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            traces_endpoint(|name| vars.get(name).cloned())
+        };
+        let base = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let traces = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+        assert_eq!(
+            endpoint(&[(base, "http://u:secret@collector:4318/")]),
+            "http://u:***@collector:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint(&[(base, "http://collector:4318"), (traces, "")]),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint(&[
+                (base, "http://collector:4318"),
+                (traces, "http://other:1/x")
+            ]),
+            "http://other:1/x"
+        );
+    }
 
     #[test]
     fn headers_round_trip_a_remote_context() {

@@ -22,6 +22,12 @@ impl JobHandler for Pipeline {
     async fn handle(&self, body: &[u8], envelope: &Envelope<'_>, attempt: u32) -> Handled {
         Pipeline::handle(self, body, envelope, attempt).await
     }
+
+    fn waited(&self, handled: &Handled, wait: std::time::Duration) {
+        if let Some(metrics) = self.metrics() {
+            metrics.queue_waited(&handled.reply.plugin, wait);
+        }
+    }
 }
 
 /// Runs the worker over the plugins of `registry` until SIGTERM or SIGINT,
@@ -54,7 +60,8 @@ pub async fn run(
         .with_trace_headers(trace)
         .with_abort(abort_rx.clone());
     let exposition = Arc::new(
-        Exposition::new(&jobs, plugins.clone()).with_collector(BrokerCounters::new(worker.stats())),
+        Exposition::new(&jobs, plugins.clone())
+            .with_collector(BrokerCounters::new(worker.stats(), &jobs)),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

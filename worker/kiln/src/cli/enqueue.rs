@@ -1,6 +1,8 @@
 //! `kiln enqueue`: job records (a JSONL file, or a directory of text files)
-//! published to the jobs queue with confirms ([`kiln_broker::enqueue`]);
-//! with `--wait`, every reply collected into `--out`.
+//! published to the jobs queue with confirms ([`kiln_broker::enqueue`]),
+//! each with the AMQP `timestamp` of its publish (the worker's
+//! `kiln_job_queue_wait_seconds`); with `--wait`, every reply collected
+//! into `--out`.
 //!
 //! A run is safe to interrupt and re-run: [`resume`] reads what the output
 //! already answers (those jobs are not published again), and
