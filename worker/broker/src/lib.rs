@@ -90,7 +90,7 @@ pub enum BrokerError {
     /// The broker does not know the exchange type `x-consistent-hash`: the
     /// plugin that brings it is not enabled (sharded jobs queues need it).
     #[error(
-        "cannot declare the sharded jobs exchange {exchange}: the broker has no consistent-hash exchange type, the rabbitmq_consistent_hash_exchange plugin is missing; enable it with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (or set [amqp] shards = 1): {source}"
+        "cannot declare the sharded jobs exchange {exchange}: the broker has no consistent-hash exchange type, the rabbitmq_consistent_hash_exchange plugin is missing; enable it with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (or set [amqp] shards = 1)"
     )]
     HashExchangeMissing {
         /// The exchange.
