@@ -308,14 +308,43 @@ def kiln_rules(report, name, docs, tests_expected):
             # scale in pods that are mid-job.
             report.check(m.get("protocol") == "http", w, "rabbitmq trigger not in http mode")
             report.check(m.get("mode") == "QueueLength", w, "rabbitmq trigger mode is not QueueLength")
-            report.check(m.get("queueName") == config.get("amqp", {}).get("queue", "kiln.jobs"), w,
-                         "rabbitmq trigger watches another queue than amqp.queue")
+            check_trigger_queues(report, w, m, config.get("amqp", {}))
             report.check("host" not in m, w, "credentials in the trigger's metadata")
             auth = auths.get(t.get("authenticationRef", {}).get("name"))
             if report.check(auth is not None, w, "authenticationRef names no TriggerAuthentication"):
                 params = {r["parameter"] for r in auth["spec"].get("secretTargetRef", [])}
                 report.check("host" in params, w, "TriggerAuthentication gives no host")
     return text
+
+
+def check_trigger_queues(report, w, metadata, amqp):
+    """The trigger watches the jobs queue; with amqp.shards > 1, the sum of
+    the shards consumed (a regex) and nothing derived from them."""
+    queue = amqp.get("queue", "kiln.jobs")
+    shards = int(amqp.get("shards", 1))
+    name = metadata.get("queueName", "")
+    if shards <= 1:
+        report.check(name == queue, w, "rabbitmq trigger watches another queue than amqp.queue")
+        report.check(metadata.get("useRegex") in (None, "false"), w,
+                     "rabbitmq trigger uses a regex on an unsharded queue")
+        return
+    report.check(metadata.get("useRegex") == "true", w,
+                 "rabbitmq trigger on a sharded queue without useRegex")
+    report.check(metadata.get("operation") == "sum", w,
+                 "rabbitmq trigger on a sharded queue does not sum the shards")
+    try:
+        pattern = re.compile(name)
+    except re.error as e:
+        report.fail(w, f"rabbitmq trigger queueName is not a regex: {e}")
+        return
+    consumed = amqp.get("shard_ids") or range(shards)
+    for i in range(shards):
+        shard = f"{queue}.s{i}"
+        report.check(bool(pattern.search(shard)) == (i in consumed), w,
+                     f"rabbitmq trigger regex {name} {'misses' if i in consumed else 'counts'} {shard}")
+    for other in [queue, f"{queue}.results", f"{queue}.s0.dead", f"{queue}.s1.retry.1",
+                  f"{queue}.s0x", f"x{queue}.s0", f"{queue}.replies.abc"]:
+        report.check(not pattern.search(other), w, f"rabbitmq trigger regex {name} counts {other}")
 
 
 def cmd_objects(args):

@@ -89,6 +89,7 @@ fn job_body(bytes: usize) -> Vec<u8> {
         payload: Payload::Single(job_text(bytes)),
         config: Default::default(),
         timeout_ms: None,
+        key: None,
     };
     serde_json::to_vec(&job).expect("encode the job")
 }

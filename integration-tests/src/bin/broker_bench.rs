@@ -30,6 +30,12 @@
 //! the harness moves on. Results go to a JSON file (`--out`); `--chart`
 //! renders jobs/s against prefetch with `integration-tests/bench/chart.py`.
 //! See `integration-tests/bench/README.md`.
+//!
+//! `--shards 1,2,4` repeats echo and Kiln on sharded jobs queues (`[amqp]
+//! shards`): a consistent-hash exchange bound to `<q>.s0` … as Kiln
+//! declares them, the publisher routing each job by its id; echo consumes
+//! every shard on channels of its own. Every run also reports the broker's
+//! CPU per job (all `beam.smp` processes, from `/proc/<pid>/stat`).
 
 #[path = "broker_bench/amqp.rs"]
 mod amqp;
@@ -80,6 +86,10 @@ struct Args {
     /// Systems under test (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "echo,kiln,celery")]
     systems: Vec<System>,
+    /// Shard counts to sweep (comma-separated; `[amqp] shards`). Celery
+    /// runs unsharded only.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    shards: Vec<u16>,
     /// Jobs queue types (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "quorum,classic")]
     queue_types: Vec<QueueType>,
@@ -263,8 +273,11 @@ impl Workload {
 struct RunResult {
     system: System,
     queue_type: QueueType,
-    /// Unacknowledged deliveries allowed to the system under test.
+    /// Unacknowledged deliveries allowed to the system under test (per
+    /// shard: each shard's channel has its own window).
     prefetch: u16,
+    /// Jobs queues the jobs were spread over (1: unsharded).
+    shards: u16,
     /// Jobs published.
     jobs: usize,
     /// Distinct jobs answered.
@@ -284,6 +297,9 @@ struct RunResult {
     /// Kiln only: the worker process's CPU time (user + system) during the
     /// load, per job answered.
     worker_cpu_us_per_job: Option<f64>,
+    /// The broker's (every `beam.smp`'s) CPU time during the load, per job
+    /// answered: a job is two messages in and out (the job, its reply).
+    broker_cpu_us_per_job: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -292,6 +308,7 @@ struct Skipped {
     system: System,
     queue_type: QueueType,
     prefetch: u16,
+    shards: u16,
     reason: String,
 }
 
@@ -440,51 +457,60 @@ async fn main() -> Result<()> {
 impl Bench {
     async fn run_all(&self, report: &mut Report) {
         let mut seq = 0u32;
-        for &qt in &self.args.queue_types {
-            for &prefetch in &self.args.prefetch {
-                for &system in &self.args.systems {
-                    seq += 1;
-                    eprintln!("broker-bench: {system} {qt} prefetch {prefetch} ...");
-                    let outcome = self.run_one(system, qt, prefetch, seq).await;
-                    let outcome = outcome.unwrap_or_else(|e| Outcome::Skip(format!("{e:#}")));
-                    let ran = matches!(outcome, Outcome::Done(_));
-                    match outcome {
-                        Outcome::Done(r) => {
-                            eprintln!(
-                                "broker-bench: {system} {qt} prefetch {prefetch}: {}/{} jobs in \
-                                 {:.2} s = {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms{}{}",
-                                r.received,
-                                r.jobs,
-                                r.seconds,
-                                r.jobs_per_s,
-                                r.p50_ms,
-                                r.p99_ms,
-                                r.worker_cpu_us_per_job
-                                    .map_or_else(String::new, |us| format!(
-                                        ", worker CPU {us:.1} µs/job"
-                                    )),
-                                if r.notes.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(" [{}]", r.notes.join("; "))
-                                }
-                            );
-                            report.results.push(r);
+        for &shards in &self.args.shards {
+            for &qt in &self.args.queue_types {
+                for &prefetch in &self.args.prefetch {
+                    for &system in &self.args.systems {
+                        seq += 1;
+                        eprintln!(
+                            "broker-bench: {system} {qt} prefetch {prefetch} shards {shards} ..."
+                        );
+                        let outcome = self.run_one(system, qt, prefetch, shards.max(1), seq).await;
+                        let outcome = outcome.unwrap_or_else(|e| Outcome::Skip(format!("{e:#}")));
+                        let ran = matches!(outcome, Outcome::Done(_));
+                        match outcome {
+                            Outcome::Done(r) => {
+                                eprintln!(
+                                    "broker-bench: {system} {qt} prefetch {prefetch} shards {shards}: {}/{} jobs in \
+                                 {:.2} s = {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms{}{}{}",
+                                    r.received,
+                                    r.jobs,
+                                    r.seconds,
+                                    r.jobs_per_s,
+                                    r.p50_ms,
+                                    r.p99_ms,
+                                    r.worker_cpu_us_per_job
+                                        .map_or_else(String::new, |us| format!(
+                                            ", worker CPU {us:.1} µs/job"
+                                        )),
+                                    r.broker_cpu_us_per_job
+                                        .map_or_else(String::new, |us| format!(
+                                            ", broker CPU {us:.1} µs/job"
+                                        )),
+                                    if r.notes.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(" [{}]", r.notes.join("; "))
+                                    }
+                                );
+                                report.results.push(r);
+                            }
+                            Outcome::Skip(reason) => {
+                                eprintln!(
+                                    "broker-bench: SKIPPED {system} {qt} prefetch {prefetch}: {reason}"
+                                );
+                                report.skipped.push(Skipped {
+                                    system,
+                                    queue_type: qt,
+                                    prefetch,
+                                    shards,
+                                    reason,
+                                });
+                            }
                         }
-                        Outcome::Skip(reason) => {
-                            eprintln!(
-                                "broker-bench: SKIPPED {system} {qt} prefetch {prefetch}: {reason}"
-                            );
-                            report.skipped.push(Skipped {
-                                system,
-                                queue_type: qt,
-                                prefetch,
-                                reason,
-                            });
+                        if ran {
+                            tokio::time::sleep(Duration::from_secs(self.args.settle)).await;
                         }
-                    }
-                    if ran {
-                        tokio::time::sleep(Duration::from_secs(self.args.settle)).await;
                     }
                 }
             }
@@ -496,9 +522,14 @@ impl Bench {
         system: System,
         qt: QueueType,
         prefetch: u16,
+        shards: u16,
         seq: u32,
     ) -> Result<Outcome> {
-        let base = format!("kiln-bench-{}-{seq}-{system}-{qt}-p{prefetch}", self.pid);
+        let mut base = format!("kiln-bench-{}-{seq}-{system}-{qt}-p{prefetch}", self.pid);
+        if shards > 1 {
+            base.push_str(&format!("-s{shards}"));
+        }
+        let topology = sharded_topology(&base, qt, shards);
         let reply_queue = format!("{base}-reply");
         let workload = Workload {
             tag: format!("b{}r{seq}", self.pid),
@@ -507,13 +538,14 @@ impl Bench {
         let log = self.log_dir.join(format!("{base}.log"));
         let outcome = match system {
             System::Echo => {
-                self.run_echo(qt, prefetch, &base, &reply_queue, &workload)
+                self.run_echo(qt, prefetch, &topology, &reply_queue, &workload)
                     .await
             }
             System::Kiln => {
-                self.run_kiln(qt, prefetch, &base, &reply_queue, &workload, &log)
+                self.run_kiln(qt, prefetch, &topology, &reply_queue, &workload, &log)
                     .await
             }
+            System::Celery if shards > 1 => Ok(Outcome::Skip("celery runs unsharded only".into())),
             System::Celery => {
                 self.run_celery(qt, prefetch, &base, &reply_queue, &workload, &log)
                     .await
@@ -521,18 +553,23 @@ impl Bench {
         };
         // The queues go whatever happened. Kiln also declares `<q>.dead`,
         // `<q>.results` and `<q>.retry.<n>`; Celery an exchange `<q>`.
+        // Sharded, echo declares as Kiln does: every shard's queues and the
+        // consistent-hash exchange.
         let mut queues = vec![base.clone(), reply_queue.clone()];
-        if system == System::Kiln {
-            queues.push(format!("{base}.dead"));
-            queues.push(format!("{base}.results"));
-            queues.extend((1..=10).map(|n| format!("{base}.retry.{n}")));
+        if system == System::Kiln || shards > 1 {
+            queues.push(topology.results.clone());
+            for shard in topology.shards() {
+                queues.push(shard.jobs.clone());
+                queues.push(shard.dead.clone());
+                queues.extend((1..=10).map(|n| format!("{}.retry.{n}", shard.jobs)));
+            }
         }
         for q in &queues {
             if let Err(e) = amqp::delete_queue(&self.admin, q).await {
                 eprintln!("broker-bench: {e:#}");
             }
         }
-        if system == System::Celery
+        if (system == System::Celery || shards > 1)
             && let Err(e) = amqp::delete_exchange(&self.admin, &base).await
         {
             eprintln!("broker-bench: {e:#}");
@@ -542,6 +579,7 @@ impl Bench {
 
     fn spec<'a>(
         &'a self,
+        topology: Option<&'a kiln_broker::Topology>,
         jobs_queue: &'a str,
         reply_queue: &'a str,
         workload: &'a Workload,
@@ -551,6 +589,7 @@ impl Bench {
         amqp::LoadSpec {
             url: &self.args.amqp_url,
             jobs_queue,
+            exchange: topology.and_then(kiln_broker::Topology::exchange),
             reply_queue,
             workload,
             jobs,
@@ -565,14 +604,28 @@ impl Bench {
         &self,
         qt: QueueType,
         prefetch: u16,
-        queue: &str,
+        topology: &kiln_broker::Topology,
         reply_queue: &str,
         workload: &Workload,
     ) -> Result<Outcome> {
-        amqp::declare_jobs_queue(&self.admin, queue, qt).await?;
+        let queue = topology.jobs.as_str();
+        if topology.exchange().is_some() {
+            topology
+                .declare(&self.admin)
+                .await
+                .with_context(|| format!("declaring the shards of {queue}"))?;
+        } else {
+            amqp::declare_jobs_queue(&self.admin, queue, qt).await?;
+        }
         amqp::declare_reply_queue(&self.admin, reply_queue).await?;
-        let echo = echo::Echo::start(&self.args.amqp_url, queue, prefetch).await?;
+        // One consumer (connection and channels) per shard.
+        let mut echoes = Vec::new();
+        for shard in topology.consumed() {
+            echoes.push(echo::Echo::start(&self.args.amqp_url, &shard.jobs, prefetch).await?);
+        }
+        let broker_before = proc::broker_cpu();
         let load = amqp::run_load(&self.spec(
+            Some(topology),
             queue,
             reply_queue,
             workload,
@@ -580,31 +633,34 @@ impl Bench {
             amqp::Format::Echo,
         ))
         .await;
-        let failures = echo.stop().await;
+        let broker_cpu = cpu_since(broker_before, proc::broker_cpu());
+        let mut failures = 0;
+        for echo in echoes {
+            failures += echo.stop().await;
+        }
         let mut load = load?;
         if failures > 0 {
             load.notes.push(format!(
                 "echo: {failures} replies unconfirmed or acks failed"
             ));
         }
-        Ok(Outcome::Done(result(
-            System::Echo,
-            qt,
-            prefetch,
-            self.args.jobs,
-            load,
-        )))
+        let mut result = result(System::Echo, qt, prefetch, self.args.jobs, load);
+        result.shards = topology.shards().len().try_into().unwrap_or(u16::MAX);
+        result.broker_cpu_us_per_job = per_job(broker_cpu, result.received);
+        Ok(Outcome::Done(result))
     }
 
     async fn run_kiln(
         &self,
         qt: QueueType,
         prefetch: u16,
-        queue: &str,
+        topology: &kiln_broker::Topology,
         reply_queue: &str,
         workload: &Workload,
         log: &Path,
     ) -> Result<Outcome> {
+        let queue = topology.jobs.as_str();
+        let shards = topology.shards();
         let kiln = match &self.kiln {
             Ok(k) => k,
             Err(reason) => return Ok(Outcome::Skip(reason.clone())),
@@ -621,9 +677,12 @@ impl Bench {
             self.args.kiln_threads,
             &self.args.kiln_log,
             log,
+            shards.len(),
         )?;
-        // Kiln declares its queue; publish only once it consumes it.
-        if let Err(e) = amqp::wait_for_consumer(&self.admin, queue, Duration::from_secs(60), || {
+        // Kiln declares its queues; publish only once it consumes them all
+        // (it consumes the last shard last).
+        let last = shards.last().map_or(queue, |s| s.jobs.as_str());
+        if let Err(e) = amqp::wait_for_consumer(&self.admin, last, Duration::from_secs(60), || {
             worker.alive()
         })
         .await
@@ -632,7 +691,7 @@ impl Bench {
             return Ok(Outcome::Skip(format!("kiln worker did not start: {e:#}")));
         }
         let mut notes = Vec::new();
-        match queue_type_of(queue).await {
+        match queue_type_of(last).await {
             Some(t) if t == qt.to_string() => {}
             Some(t) => {
                 worker.stop(Duration::from_secs(5)).await;
@@ -645,7 +704,9 @@ impl Bench {
             )),
         }
         let cpu_before = worker.cpu_time();
+        let broker_before = proc::broker_cpu();
         let load = amqp::run_load(&self.spec(
+            Some(topology),
             queue,
             reply_queue,
             workload,
@@ -653,9 +714,8 @@ impl Bench {
             amqp::Format::Kiln,
         ))
         .await;
-        let cpu = cpu_before
-            .zip(worker.cpu_time())
-            .map(|(a, b)| b.saturating_sub(a));
+        let broker_cpu = cpu_since(broker_before, proc::broker_cpu());
+        let cpu = cpu_since(cpu_before, worker.cpu_time());
         if let Err(reason) = worker.alive() {
             notes.push(reason);
         }
@@ -669,12 +729,9 @@ impl Bench {
             load.notes.push(format!("kiln runtime threads {threads}"));
         }
         let mut result = result(System::Kiln, qt, prefetch, self.args.jobs, load);
-        if let Some(cpu) = cpu
-            && result.received > 0
-        {
-            result.worker_cpu_us_per_job =
-                Some(round(cpu.as_secs_f64() * 1e6 / result.received as f64, 1));
-        }
+        result.shards = shards.len().try_into().unwrap_or(u16::MAX);
+        result.worker_cpu_us_per_job = per_job(cpu, result.received);
+        result.broker_cpu_us_per_job = per_job(broker_cpu, result.received);
         Ok(Outcome::Done(result))
     }
 
@@ -713,7 +770,14 @@ impl Bench {
         let load = match self.args.celery_client {
             CeleryClient::Harness => {
                 // The same publisher and reply consumer as for echo and Kiln.
-                let spec = self.spec(queue, reply_queue, workload, jobs, amqp::Format::Celery);
+                let spec = self.spec(
+                    None,
+                    queue,
+                    reply_queue,
+                    workload,
+                    jobs,
+                    amqp::Format::Celery,
+                );
                 match amqp::declare_reply_queue(&self.admin, reply_queue).await {
                     Ok(()) => amqp::run_load(&spec).await,
                     Err(e) => Err(e),
@@ -866,9 +930,37 @@ fn result(
         p99_ms: round(pct(99.0), 2),
         max_ms: round(pct(100.0), 2),
         publish_seconds: round(load.publish_seconds, 3),
+        shards: 1,
         worker_cpu_us_per_job: None,
+        broker_cpu_us_per_job: None,
         notes: load.notes,
     }
+}
+
+/// The jobs queue `base` as Kiln declares it with `[amqp] shards =
+/// shards` and the default retry policy (unsharded for 0 and 1).
+fn sharded_topology(base: &str, qt: QueueType, shards: u16) -> kiln_broker::Topology {
+    let config = kiln_broker::AmqpConfig {
+        queue: base.to_owned(),
+        queue_type: match qt {
+            QueueType::Quorum => kiln_broker::QueueType::Quorum,
+            QueueType::Classic => kiln_broker::QueueType::Classic,
+        },
+        shards: shards.max(1),
+        ..kiln_broker::AmqpConfig::default()
+    };
+    kiln_broker::Topology::new(&config, &kiln_protocol::RetryPolicy::default())
+}
+
+/// CPU time between two readings, when both were taken.
+fn cpu_since(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
+    before.zip(after).map(|(a, b)| b.saturating_sub(a))
+}
+
+/// `cpu` per job answered, in µs (one decimal).
+fn per_job(cpu: Option<Duration>, received: u64) -> Option<f64> {
+    let cpu = cpu?;
+    (received > 0).then(|| round(cpu.as_secs_f64() * 1e6 / received as f64, 1))
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -918,14 +1010,15 @@ fn print_table(report: &Report) {
         report.jobs, report.size, report.celery_jobs, report.max_unconfirmed
     );
     println!(
-        "| system | queue | prefetch | jobs | seconds | jobs/s | p50 ms | p99 ms | worker CPU µs/job |"
+        "| system | queue | shards | prefetch | jobs | seconds | jobs/s | p50 ms | p99 ms | worker CPU µs/job | broker CPU µs/job |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &report.results {
         println!(
-            "| {} | {} | {} | {}{} | {:.2} | {:.0} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {}{} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |",
             r.system,
             r.queue_type,
+            r.shards,
             r.prefetch,
             r.received,
             if r.complete {
@@ -938,6 +1031,8 @@ fn print_table(report: &Report) {
             r.p50_ms,
             r.p99_ms,
             r.worker_cpu_us_per_job
+                .map_or_else(|| "–".to_owned(), |us| format!("{us:.1}")),
+            r.broker_cpu_us_per_job
                 .map_or_else(|| "–".to_owned(), |us| format!("{us:.1}"))
         );
     }

@@ -160,6 +160,30 @@ impl Broker {
 
     /// Publishes many, with confirms awaited at the end.
     pub async fn publish_many(&self, queue: &str, jobs: &[(String, Vec<u8>)], reply_to: &str) {
+        self.publish_many_via("", jobs, reply_to, |_| queue.to_owned())
+            .await;
+    }
+
+    /// Publishes many to the consistent-hash `exchange` of a sharded jobs
+    /// queue, each routed by its id (a job's default key), with confirms
+    /// awaited at the end.
+    pub async fn publish_many_sharded(
+        &self,
+        exchange: &str,
+        jobs: &[(String, Vec<u8>)],
+        reply_to: &str,
+    ) {
+        self.publish_many_via(exchange, jobs, reply_to, str::to_owned)
+            .await;
+    }
+
+    async fn publish_many_via(
+        &self,
+        exchange: &str,
+        jobs: &[(String, Vec<u8>)],
+        reply_to: &str,
+        routing_key: impl Fn(&str) -> String,
+    ) {
         for (id, body) in jobs {
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
@@ -167,8 +191,8 @@ impl Broker {
                 .with_correlation_id(ShortString::from(id.clone()));
             self.channel
                 .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(queue.to_owned()),
+                    ShortString::from(exchange.to_owned()),
+                    ShortString::from(routing_key(id)),
                     BasicPublishOptions::default(),
                     body,
                     props,

@@ -1,7 +1,8 @@
 //! A test's queues behind a guard: [`TestQueue`] names a jobs queue no
 //! other test uses and, when dropped (a test that returns or one that
 //! panics), deletes it and every queue derived from it, so a failed test
-//! leaves nothing on the broker.
+//! leaves nothing on the broker. A sharded one ([`TestQueue::sharded`])
+//! also deletes its consistent-hash exchange and every shard's queues.
 
 use std::fmt;
 use std::ops::Deref;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use kiln_broker::{AmqpConfig, Topology};
 use kiln_protocol::RetryPolicy;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -41,6 +42,7 @@ const CLEAN_UP_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct TestQueue {
     name: String,
+    shards: u16,
     others: Mutex<Vec<String>>,
 }
 
@@ -48,10 +50,29 @@ impl TestQueue {
     /// A jobs queue named after `name` that no other test (or run) uses.
     /// Nothing is declared: the worker (or `kiln enqueue`) does that.
     pub fn new(name: &str) -> Self {
+        Self::sharded(name, 1)
+    }
+
+    /// A jobs queue of `shards` shards (`[amqp] shards`): the guard deletes
+    /// the exchange named like it and, for every shard, `<name>.s<i>`, its
+    /// `.dead` and `.retry.N` queues, and the shared `.results`.
+    pub fn sharded(name: &str, shards: u16) -> Self {
         Self {
             name: unique(name),
+            shards,
             others: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The `KILN__AMQP__SHARDS` setting of its shard count, for the
+    /// worker's and `kiln enqueue`'s environment.
+    pub fn shards_env(&self) -> (&'static str, String) {
+        ("KILN__AMQP__SHARDS", self.shards.to_string())
+    }
+
+    /// Shard `index`'s jobs queue.
+    pub fn shard(&self, index: u16) -> String {
+        kiln_broker::shard_queue(&self.name, index)
     }
 
     /// The jobs queue's name.
@@ -91,12 +112,24 @@ impl TestQueue {
         name
     }
 
-    /// The jobs queue and every queue derived from it.
+    /// The jobs queue (or every shard's) and every queue derived from it.
     fn derived(&self) -> Vec<String> {
         let topology = self.topology();
-        let mut derived = vec![topology.jobs, topology.results, topology.dead];
-        derived.extend(topology.retries.into_iter().map(|(name, _)| name));
+        let mut derived = vec![topology.results.clone()];
+        for shard in topology.shards() {
+            derived.extend([shard.jobs, shard.dead]);
+            derived.extend(shard.retries.into_iter().map(|(name, _)| name));
+        }
         derived
+    }
+
+    /// The exchange of a sharded jobs queue.
+    fn exchanges(&self) -> Vec<String> {
+        self.topology()
+            .exchange()
+            .map(str::to_owned)
+            .into_iter()
+            .collect()
     }
 
     /// Every queue the guard deletes: the jobs queue, those derived from
@@ -117,12 +150,13 @@ impl TestQueue {
     /// operator might under a running worker (queues added with
     /// [`TestQueue::also`] stay); `Drop` deletes them again.
     pub async fn delete(&self) {
-        delete(&self.derived()).await;
+        delete(&self.derived(), &[]).await;
     }
 
     fn topology(&self) -> Topology {
         let config = AmqpConfig {
             queue: self.name.clone(),
+            shards: self.shards,
             ..AmqpConfig::default()
         };
         let policy = RetryPolicy {
@@ -150,12 +184,15 @@ impl fmt::Display for TestQueue {
 impl Drop for TestQueue {
     fn drop(&mut self) {
         let names = self.all();
+        let exchanges = self.exchanges();
         let cleaned = std::thread::spawn(move || -> std::io::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime
-                .block_on(async { tokio::time::timeout(CLEAN_UP_TIMEOUT, delete(&names)).await })
+                .block_on(async {
+                    tokio::time::timeout(CLEAN_UP_TIMEOUT, delete(&names, &exchanges)).await
+                })
                 .map_err(std::io::Error::other)
         })
         .join();
@@ -180,9 +217,10 @@ async fn connect() -> (Connection, Channel) {
     (conn, channel)
 }
 
-/// Deletes `names` over a fresh connection, best effort: a failed delete
-/// closes its channel, so the next one gets a new channel.
-async fn delete(names: &[String]) {
+/// Deletes the queues `names` and the `exchanges` over a fresh connection,
+/// best effort: a failed delete closes its channel, so the next one gets a
+/// new channel.
+async fn delete(names: &[String], exchanges: &[String]) {
     let Ok(conn) = Connection::connect(URL, ConnectionProperties::default()).await else {
         eprintln!("cannot connect to {URL} to delete {names:?}");
         return;
@@ -204,6 +242,17 @@ async fn delete(names: &[String]) {
         if deleted.is_err() {
             channel = None;
         }
+    }
+    for name in exchanges {
+        let Ok(ch) = conn.create_channel().await else {
+            continue;
+        };
+        let _ = ch
+            .exchange_delete(
+                ShortString::from(name.clone()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
     }
     let _ = conn.close(200, ShortString::from("done")).await;
 }

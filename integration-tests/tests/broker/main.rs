@@ -938,3 +938,5 @@ async fn a_replayed_job_whose_reply_queue_is_gone_answers_to_results() {
     assert_eq!(got[0].json()["output"], "zyx");
     worker.stop().await;
 }
+
+mod shards;

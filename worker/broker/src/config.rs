@@ -59,6 +59,22 @@ pub struct AmqpConfig {
     /// more unread replies; lower bounds the broker's memory and disk
     /// sooner. Default: 100,000.
     pub results_max_length: u64,
+    /// How many queues the jobs are spread over. 1 (the default) is one
+    /// jobs queue named `queue`. With N > 1, `queue` names a
+    /// consistent-hash exchange (RabbitMQ's bundled
+    /// `rabbitmq_consistent_hash_exchange` plugin) bound with equal weights
+    /// to the durable queues `<queue>.s0` … `<queue>.s<N-1>`, each with its
+    /// own `.dead` and `.retry.<n>` queues; producers publish to the
+    /// exchange with the job's `key` (default: its id) as the routing key.
+    /// More shards lift the one-queue ceiling (one queue is one Erlang
+    /// process); each costs a channel per worker and its own queues. See
+    /// docs/SCALING.md. Default: 1.
+    #[schemars(range(min = 1, max = 1024))]
+    pub shards: u16,
+    /// The shards this worker consumes, by index (`0` … `shards - 1`);
+    /// empty (the default) consumes every shard. Pins a deployment's
+    /// workers to a subset, e.g. one deployment per half of the shards.
+    pub shard_ids: Vec<u16>,
 }
 
 impl Default for AmqpConfig {
@@ -77,6 +93,8 @@ impl Default for AmqpConfig {
             shutdown_timeout_ms: 30_000,
             results_ttl_ms: 86_400_000,
             results_max_length: 100_000,
+            shards: 1,
+            shard_ids: Vec::new(),
         }
     }
 }
@@ -85,6 +103,34 @@ impl AmqpConfig {
     /// The URL with its password replaced by `***`, for logs.
     pub fn redacted_url(&self) -> String {
         redact(&self.url)
+    }
+
+    /// Why `shards` and `shard_ids` cannot work together, if they cannot:
+    /// the config key and the message.
+    pub fn shard_problem(&self) -> Option<(&'static str, String)> {
+        if self.shards == 0 {
+            return Some(("amqp.shards", "must be at least 1".to_owned()));
+        }
+        if self.shards > MAX_SHARDS {
+            return Some(("amqp.shards", format!("must be at most {MAX_SHARDS}")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for &id in &self.shard_ids {
+            if id >= self.shards {
+                return Some((
+                    "amqp.shard_ids",
+                    format!(
+                        "shard {id} does not exist: with amqp.shards = {} the shards are 0 to {}",
+                        self.shards,
+                        self.shards - 1
+                    ),
+                ));
+            }
+            if !seen.insert(id) {
+                return Some(("amqp.shard_ids", format!("shard {id} is listed twice")));
+            }
+        }
+        None
     }
 
     /// The connection name to announce to the broker.
@@ -97,6 +143,9 @@ impl AmqpConfig {
         })
     }
 }
+
+/// The most shards a jobs queue may have.
+pub const MAX_SHARDS: u16 = 1024;
 
 /// Replaces the password of an AMQP URL with `***`.
 pub fn redact(url: &str) -> String {
@@ -138,6 +187,30 @@ mod tests {
             ("not a url", "not a url"),
         ] {
             assert_eq!(redact(url), expected);
+        }
+    }
+
+    #[test]
+    fn shard_settings_are_checked() {
+        let with = |shards, shard_ids: &[u16]| AmqpConfig {
+            shards,
+            shard_ids: shard_ids.to_vec(),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(AmqpConfig::default().shard_problem(), None);
+        assert_eq!(with(4, &[0, 3]).shard_problem(), None);
+        for (config, key, needle) in [
+            (with(0, &[]), "amqp.shards", "at least 1"),
+            (with(MAX_SHARDS + 1, &[]), "amqp.shards", "at most 1024"),
+            (with(4, &[4]), "amqp.shard_ids", "shard 4 does not exist"),
+            (with(1, &[1]), "amqp.shard_ids", "0 to 0"),
+            (with(4, &[1, 1]), "amqp.shard_ids", "listed twice"),
+        ] {
+            let Some((k, message)) = config.shard_problem() else {
+                panic!("{config:?} passed");
+            };
+            assert_eq!(k, key);
+            assert!(message.contains(needle), "{message}");
         }
     }
 }

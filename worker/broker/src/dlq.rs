@@ -15,6 +15,11 @@
 //! own since a 404 closes it) and, when it is gone, drops `reply_to`: the
 //! worker then answers to `<queue>.results`. [`ReplayOptions::reply_to`]
 //! sends every reply to one queue instead.
+//!
+//! On a sharded jobs queue both walk every shard's `<queue>.s<i>.dead` in
+//! turn, and `replay` publishes to the consistent-hash exchange with the
+//! job's key (its `x-kiln-key` header, else its job id), like `kiln
+//! enqueue`.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,7 +32,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::headers::{
-    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, header_text, header_u32,
+    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, KEY_HEADER, header_text, header_u32,
 };
 use crate::{BrokerError, Topology};
 
@@ -231,16 +236,24 @@ async fn walk(
     Ok(())
 }
 
-/// Lists the dead letters of `topology`, leaving them in place.
+/// The dead-letter queues of `topology`: the one, or one per shard.
+pub fn dead_queues(topology: &Topology) -> Vec<String> {
+    topology.shards().into_iter().map(|s| s.dead).collect()
+}
+
+/// Lists the dead letters of `topology` (every shard's), leaving them in
+/// place.
 pub async fn list(url: &str, topology: &Topology) -> Result<Vec<DeadLetter>, BrokerError> {
     let (conn, channel) = open(url).await?;
     topology.declare(&conn).await?;
     let mut letters = Vec::new();
-    walk(&channel, &topology.dead, async |d| {
-        letters.push(describe(d));
-        Ok(true)
-    })
-    .await?;
+    for dead in dead_queues(topology) {
+        walk(&channel, &dead, async |d| {
+            letters.push(describe(d));
+            Ok(true)
+        })
+        .await?;
+    }
     let _ = conn.close(200, ShortString::from("done")).await;
     Ok(letters)
 }
@@ -262,81 +275,88 @@ pub async fn replay(
     let mut replayed = Vec::new();
     // Whether each reply queue met so far exists, asked once per queue.
     let mut exists: HashMap<String, bool> = HashMap::new();
-    walk(&channel, &topology.dead, async |d| {
-        let letter = describe(d);
-        if !options.filter.matches(&letter) {
-            return Ok(true);
-        }
-        let headers: FieldTable = d
-            .properties
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .filter(|(k, _)| {
-                        !k.as_str().starts_with("x-kiln-") && !k.as_str().starts_with("x-death")
-                    })
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<std::collections::BTreeMap<_, _>>()
-                    .into()
-            })
-            .unwrap_or_default();
-        let original = d
-            .properties
-            .reply_to()
-            .as_ref()
-            .map(|r| r.as_str().to_owned());
-        let reply = match (&options.reply_to, original) {
-            (Some(to), _) => ReplyRoute::Overridden(to.clone()),
-            (None, None) => ReplyRoute::Results,
-            (None, Some(to)) => {
-                let present = match exists.get(&to) {
-                    Some(present) => *present,
-                    None => {
-                        let present = queue_exists(&conn, &to).await?;
-                        exists.insert(to.clone(), present);
-                        present
-                    }
-                };
-                if present {
-                    ReplyRoute::Kept(to)
-                } else {
-                    ReplyRoute::Gone(to)
-                }
+    for dead in dead_queues(topology) {
+        walk(&channel, &dead, async |d| {
+            let letter = describe(d);
+            if !options.filter.matches(&letter) {
+                return Ok(true);
             }
-        };
-        let props = match &reply {
-            ReplyRoute::Results | ReplyRoute::Kept(_) => d.properties.clone(),
-            ReplyRoute::Gone(_) => without_reply_to(&d.properties),
-            ReplyRoute::Overridden(to) => d
+            let headers: FieldTable = d
                 .properties
-                .clone()
-                .with_reply_to(ShortString::from(to.clone())),
-        }
-        .with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(topology.jobs.clone()),
-                BasicPublishOptions::default(),
-                &d.data,
-                props,
-            )
-            .await
-            .map_err(BrokerError::Channel)?
-            .await
-            .map_err(BrokerError::Channel)?;
-        match confirm {
-            Confirmation::Ack(_) => {
-                replayed.push(Replayed { letter, reply });
-                Ok(false)
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .filter(|(k, _)| {
+                            let k = k.as_str();
+                            k == KEY_HEADER
+                                || !(k.starts_with("x-kiln-") || k.starts_with("x-death"))
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                        .into()
+                })
+                .unwrap_or_default();
+            let original = d
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|r| r.as_str().to_owned());
+            let reply = match (&options.reply_to, original) {
+                (Some(to), _) => ReplyRoute::Overridden(to.clone()),
+                (None, None) => ReplyRoute::Results,
+                (None, Some(to)) => {
+                    let present = match exists.get(&to) {
+                        Some(present) => *present,
+                        None => {
+                            let present = queue_exists(&conn, &to).await?;
+                            exists.insert(to.clone(), present);
+                            present
+                        }
+                    };
+                    if present {
+                        ReplyRoute::Kept(to)
+                    } else {
+                        ReplyRoute::Gone(to)
+                    }
+                }
+            };
+            let props = match &reply {
+                ReplyRoute::Results | ReplyRoute::Kept(_) => d.properties.clone(),
+                ReplyRoute::Gone(_) => without_reply_to(&d.properties),
+                ReplyRoute::Overridden(to) => d
+                    .properties
+                    .clone()
+                    .with_reply_to(ShortString::from(to.clone())),
             }
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
-            Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
-        }
-    })
-    .await?;
+            .with_headers(headers);
+            let key = header_text(d.properties.headers().as_ref(), KEY_HEADER);
+            let key = kiln_protocol::routing_key(Some(key.as_str()), &letter.job_id);
+            let (exchange, routing_key) = topology.route(key);
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(exchange.to_owned()),
+                    ShortString::from(routing_key.to_owned()),
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    props,
+                )
+                .await
+                .map_err(BrokerError::Channel)?
+                .await
+                .map_err(BrokerError::Channel)?;
+            match confirm {
+                Confirmation::Ack(_) => {
+                    replayed.push(Replayed { letter, reply });
+                    Ok(false)
+                }
+                Confirmation::Nack(_) => Err(BrokerError::Nacked),
+                Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
+            }
+        })
+        .await?;
+    }
     let _ = conn.close(200, ShortString::from("done")).await;
     Ok(replayed)
 }

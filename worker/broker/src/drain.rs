@@ -14,7 +14,7 @@ use lapin::types::ShortString;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::settle::Settler;
+use crate::session::{Deliveries, Lane};
 
 /// How long shutdown waits for the broker to answer a cancel, requeue or
 /// close before leaving the rest to the end of the connection.
@@ -23,12 +23,15 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the drain of a session needs.
 pub(crate) struct Drain<'a> {
     pub(crate) conn: &'a Connection,
-    pub(crate) channel: &'a lapin::Channel,
-    pub(crate) consumer: &'a mut lapin::Consumer,
-    pub(crate) settler: Settler,
-    pub(crate) settling: JoinHandle<()>,
-    pub(crate) inflight: &'a Mutex<HashSet<u64>>,
-    /// The consumer tag.
+    /// One per jobs queue consumed (one per shard): its channel and settler.
+    pub(crate) lanes: Vec<Lane>,
+    /// Their settlers' tasks, in the same order.
+    pub(crate) settling: Vec<JoinHandle<()>>,
+    /// The deliveries of every lane, merged.
+    pub(crate) deliveries: &'a mut Deliveries,
+    /// The deliveries being handled, by lane and delivery tag.
+    pub(crate) inflight: &'a Mutex<HashSet<(usize, u64)>>,
+    /// The consumer tag (the same on every lane's channel).
     pub(crate) tag: &'a str,
     /// How long in-flight jobs may take to finish (`shutdown_timeout_ms`).
     pub(crate) timeout: Duration,
@@ -36,7 +39,7 @@ pub(crate) struct Drain<'a> {
     pub(crate) abort: watch::Receiver<bool>,
 }
 
-/// Graceful drain: cancel the consumer and requeue what was prefetched
+/// Graceful drain: cancel the consumers and requeue what was prefetched
 /// but not started (together bounded by [`CLOSE_TIMEOUT`]), let in-flight
 /// jobs finish (reply and ack) within the shutdown timeout (or until
 /// `abort` turns true), requeue
@@ -48,10 +51,9 @@ pub(crate) struct Drain<'a> {
 pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
     let Drain {
         conn,
-        channel,
-        consumer,
-        settler,
+        lanes,
         settling,
+        deliveries,
         inflight,
         tag,
         timeout,
@@ -60,19 +62,25 @@ pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
     tracing::info!(in_flight = tasks.len(), "draining");
     let mut requeued = 0;
     let stop_consuming = async {
-        let cancel = channel.basic_cancel(
-            ShortString::from(tag.to_owned()),
-            BasicCancelOptions::default(),
-        );
-        if let Err(error) = cancel.await {
-            tracing::warn!(%error, "cannot cancel the consumer");
+        for lane in &lanes {
+            let cancel = lane.channel.basic_cancel(
+                ShortString::from(tag.to_owned()),
+                BasicCancelOptions::default(),
+            );
+            if let Err(error) = cancel.await {
+                tracing::warn!(queue = %lane.topology.jobs, %error, "cannot cancel the consumer");
+            }
         }
         // Deliveries already buffered were never started: requeue at once.
-        while let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+        // (A lane's end, its cancel, is skipped: the other lanes may still
+        // hold buffered deliveries.)
+        while let Ok(Some((index, next))) =
+            tokio::time::timeout(Duration::from_millis(50), deliveries.next()).await
         {
-            settler.requeue(delivery.delivery_tag);
-            requeued += 1;
+            if let (Some(Ok(delivery)), Some(lane)) = (next, lanes.get(index)) {
+                lane.settler.requeue(delivery.delivery_tag);
+                requeued += 1;
+            }
         }
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, stop_consuming)
@@ -105,15 +113,21 @@ pub(crate) async fn drain(session: Drain<'_>, mut tasks: JoinSet<()>) {
         while tasks.join_next().await.is_some() {}
         let unfinished = std::mem::take(&mut *inflight.lock().unwrap_or_else(|e| e.into_inner()));
         left = unfinished.len();
-        for delivery_tag in unfinished {
-            settler.requeue(delivery_tag);
+        for (index, delivery_tag) in unfinished {
+            if let Some(lane) = lanes.get(index) {
+                lane.settler.requeue(delivery_tag);
+            }
         }
     }
-    // The last handle: the settler sends what is queued, then ends.
-    drop(settler);
+    // The last handles: each settler sends what is queued, then ends.
+    let channels: Vec<_> = lanes.into_iter().map(|lane| lane.channel).collect();
     let finish = async {
-        let _ = settling.await;
-        let _ = channel.close(200, ShortString::from("shutdown")).await;
+        for settled in settling {
+            let _ = settled.await;
+        }
+        for channel in &channels {
+            let _ = channel.close(200, ShortString::from("shutdown")).await;
+        }
         let _ = conn.close(200, ShortString::from("shutdown")).await;
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, finish).await.is_err() {

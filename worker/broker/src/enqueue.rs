@@ -31,6 +31,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection};
 use tracing::Instrument as _;
 
+use crate::headers::{KEY_HEADER, text};
 use crate::{BrokerError, Topology, TraceHeaders};
 
 /// One job to publish.
@@ -38,28 +39,40 @@ use crate::{BrokerError, Topology, TraceHeaders};
 pub struct OutgoingJob {
     /// Its stable id (message and correlation id).
     pub job_id: String,
+    /// The record's `key`, if any: sent as the `x-kiln-key` header, and
+    /// the routing key on a sharded jobs queue (else the job id).
+    pub key: Option<String>,
     /// The job record.
     pub body: Vec<u8>,
 }
 
 impl OutgoingJob {
     /// A job from a JSONL record: its `job_id`, or the deterministic default.
+    /// Its `key` too, when the record has one.
     pub fn from_record(body: Vec<u8>) -> Self {
-        let job_id = serde_json_job_id(&body)
-            .unwrap_or_else(|| job_id_from_body(&body, &Envelope::default()));
-        Self { job_id, body }
+        let (job_id, key) = peek(&body);
+        let job_id = job_id.unwrap_or_else(|| job_id_from_body(&body, &Envelope::default()));
+        Self { job_id, key, body }
+    }
+
+    /// The routing key on a sharded jobs queue: the key, else the job id.
+    pub fn routing_key(&self) -> &str {
+        kiln_protocol::routing_key(self.key.as_deref(), &self.job_id)
     }
 }
 
-fn serde_json_job_id(body: &[u8]) -> Option<String> {
+/// The record's `job_id` and `key`, each when present and not empty.
+fn peek(body: &[u8]) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
-    struct Id {
+    struct Peek {
         job_id: Option<String>,
+        key: Option<String>,
     }
-    serde_json::from_slice::<Id>(body)
-        .ok()?
-        .job_id
-        .filter(|id| !id.is_empty())
+    let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
+        return (None, None);
+    };
+    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    (non_empty(peek.job_id), non_empty(peek.key))
 }
 
 /// Where `enqueue` sends replies and how many it may have unconfirmed.
@@ -158,6 +171,11 @@ pub async fn publish_jobs(
         if let Some(q) = &options.reply_queue {
             props = props.with_reply_to(ShortString::from(q.clone()));
         }
+        let (exchange, routing_key) = topology.route(job.routing_key());
+        let mut headers = FieldTable::default();
+        if let Some(key) = &job.key {
+            headers.insert(KEY_HEADER.into(), text(key));
+        }
         let span = tracing::info_span!(
             "publish",
             otel.name = %format_args!("publish {}", topology.jobs),
@@ -166,20 +184,21 @@ pub async fn publish_jobs(
             messaging.operation = "publish",
             messaging.operation.type = "send",
             messaging.destination.name = %topology.jobs,
-            messaging.rabbitmq.destination.routing_key = %topology.jobs,
+            messaging.rabbitmq.destination.routing_key = %routing_key,
             messaging.message.id = %job.job_id,
             messaging.message.body.size = job.body.len(),
             kiln.job_id = %job.job_id,
         );
         if trace.enabled() && !span.is_disabled() {
-            let mut headers = FieldTable::default();
             trace.inject(&span, &mut headers);
+        }
+        if !headers.inner().is_empty() {
             props = props.with_headers(headers);
         }
         let confirm = channel
             .basic_publish(
-                ShortString::from(""),
-                ShortString::from(topology.jobs.clone()),
+                ShortString::from(exchange.to_owned()),
+                ShortString::from(routing_key.to_owned()),
                 BasicPublishOptions::default(),
                 &job.body,
                 props,
@@ -277,6 +296,20 @@ mod tests {
         assert!(b.job_id.starts_with("sha256:"));
         let d = OutgoingJob::from_record(b"not json".to_vec());
         assert!(d.job_id.starts_with("sha256:"));
+        assert_eq!(d.key, None);
+    }
+
+    #[test]
+    fn the_key_routes_and_defaults_to_the_job_id() {
+        let keyed = OutgoingJob::from_record(
+            br#"{"job_id":"j1","key":"t7","plugin":"p","input":"x"}"#.to_vec(),
+        );
+        assert_eq!(
+            (keyed.key.as_deref(), keyed.routing_key()),
+            (Some("t7"), "t7")
+        );
+        let bare = OutgoingJob::from_record(br#"{"job_id":"j1","key":"","plugin":"p"}"#.to_vec());
+        assert_eq!((bare.key.as_deref(), bare.routing_key()), (None, "j1"));
     }
 
     #[test]

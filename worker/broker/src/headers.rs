@@ -12,6 +12,10 @@ pub const ATTEMPT_HEADER: &str = "x-kiln-attempt";
 pub const ERROR_KIND_HEADER: &str = "x-kiln-error-kind";
 /// Header carrying the error message of a dead letter.
 pub const ERROR_MESSAGE_HEADER: &str = "x-kiln-error-message";
+/// Header carrying the job's `key` (see `docs/PROTOCOL.md`), set by
+/// producers; a sharded jobs queue routes by it. Kept on retries, dead
+/// letters and replays.
+pub const KEY_HEADER: &str = "x-kiln-key";
 /// Header in which a quorum queue counts a message's redeliveries.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

@@ -34,11 +34,13 @@ mod topology;
 
 pub use config::{AmqpConfig, QueueType, redact};
 pub use delivery::JobHandler;
-pub use headers::{ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, header_u32};
+pub use headers::{
+    ATTEMPT_HEADER, ERROR_KIND_HEADER, ERROR_MESSAGE_HEADER, Incoming, KEY_HEADER, header_u32,
+};
 pub use publisher::{Publisher, Returned};
 pub use session::Worker;
 pub use stats::WorkerStats;
-pub use topology::Topology;
+pub use topology::{CONSISTENT_HASH, ENABLE_CONSISTENT_HASH, Topology, shard_queue};
 
 use lapin::types::FieldTable;
 
@@ -82,6 +84,17 @@ pub enum BrokerError {
     Declare {
         /// The queue.
         queue: String,
+        /// What the broker said.
+        source: lapin::Error,
+    },
+    /// The broker does not know the exchange type `x-consistent-hash`: the
+    /// plugin that brings it is not enabled (sharded jobs queues need it).
+    #[error(
+        "cannot declare the sharded jobs exchange {exchange}: the broker has no consistent-hash exchange type, the rabbitmq_consistent_hash_exchange plugin is missing; enable it with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (or set [amqp] shards = 1)"
+    )]
+    HashExchangeMissing {
+        /// The exchange.
+        exchange: String,
         /// What the broker said.
         source: lapin::Error,
     },

@@ -138,28 +138,41 @@ impl<H: JobHandler> Worker<H> {
         };
         tracing::info!(url = %self.config.redacted_url(), connection = %name, "connected");
         let setup = async {
-            let consume = conn.create_channel().await.map_err(BrokerError::Channel)?;
             self.topology.declare(&conn).await?;
-            consume
-                .basic_qos(self.config.prefetch, BasicQosOptions::default())
-                .await
-                .map_err(BrokerError::Channel)?;
             let publisher =
                 Publisher::start(conn.create_channel().await.map_err(BrokerError::Channel)?)
                     .await?;
             let probe = conn.create_channel().await.map_err(BrokerError::Channel)?;
-            let consumer = consume
-                .basic_consume(
-                    ShortString::from(self.topology.jobs.clone()),
-                    ShortString::from(name.clone()),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(BrokerError::Channel)?;
-            Ok::<_, BrokerError>((consume, publisher, probe, consumer))
+            // One channel per jobs queue (per shard), each with its own
+            // prefetch window; the job slots are shared.
+            let mut lanes = Vec::new();
+            let mut streams = Vec::new();
+            for (index, topology) in self.topology.consumed().into_iter().enumerate() {
+                let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
+                channel
+                    .basic_qos(self.config.prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(BrokerError::Channel)?;
+                let consumer = channel
+                    .basic_consume(
+                        ShortString::from(topology.jobs.clone()),
+                        ShortString::from(name.clone()),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(BrokerError::Channel)?;
+                streams.push(lane_deliveries(index, consumer));
+                lanes.push((topology, channel));
+            }
+            Ok::<_, BrokerError>((
+                publisher,
+                probe,
+                lanes,
+                futures::stream::select_all(streams),
+            ))
         };
-        let (consume, publisher, probe, mut consumer) = match setup.await {
+        let (publisher, probe, lanes, mut deliveries) = match setup.await {
             Ok(s) => s,
             Err(e) => {
                 let _ = tokio::time::timeout(
@@ -170,15 +183,28 @@ impl<H: JobHandler> Worker<H> {
                 return SessionEnd::Lost(e.to_string());
             }
         };
-        tracing::info!(queue = %self.topology.jobs, connection = %name, prefetch = self.config.prefetch, "ready");
+        let queues: Vec<&str> = lanes.iter().map(|(t, _)| t.jobs.as_str()).collect();
+        tracing::info!(queues = ?queues, connection = %name, prefetch = self.config.prefetch, "ready");
         self.ready.send_replace(true);
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let (settler, settling) = Settler::start(consume.clone(), self.stats.clone());
-        let inflight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let mut settling = Vec::with_capacity(lanes.len());
+        let lanes: Vec<Lane> = lanes
+            .into_iter()
+            .map(|(topology, channel)| {
+                let (settler, settled) = Settler::start(channel.clone(), self.stats.clone());
+                settling.push(settled);
+                Lane {
+                    topology,
+                    channel,
+                    settler,
+                }
+            })
+            .collect();
+        let inflight: Arc<Mutex<HashSet<(usize, u64)>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
-        let mut last_delivery = Instant::now();
+        let mut last_delivery = vec![Instant::now(); lanes.len()];
         let mut watchdog = tokio::time::interval(stall.max(Duration::from_millis(100)) / 2);
 
         // A second receiver for waits nested inside the loop's own select.
@@ -187,31 +213,35 @@ impl<H: JobHandler> Worker<H> {
             tokio::select! {
                 biased;
                 () = stopped(&mut shutdown) => break None,
-                next = consumer.next() => {
+                next = deliveries.next() => {
                     // Reap finished jobs here rather than in a branch of
                     // this select, which would wake the loop once per job.
                     reap(&mut tasks);
-                    let delivery = match next {
-                        Some(Ok(d)) => d,
-                        Some(Err(e)) => break Some(format!("consumer error: {e}")),
-                        None => break Some("consumer cancelled by the broker".to_owned()),
+                    let (index, delivery) = match next {
+                        Some((index, Some(Ok(d)))) => (index, d),
+                        Some((index, Some(Err(e)))) => break Some(format!("consumer error on {}: {e}", lane_queue(&lanes, index))),
+                        Some((index, None)) => break Some(format!("consumer of {} cancelled by the broker", lane_queue(&lanes, index))),
+                        None => break Some("every consumer ended".to_owned()),
                     };
-                    last_delivery = Instant::now();
-                    tracing::debug!(delivery_tag = delivery.delivery_tag, free_slots = slots.available_permits(), "delivery received");
+                    let Some(lane) = lanes.get(index) else { continue };
+                    if let Some(last) = last_delivery.get_mut(index) {
+                        *last = Instant::now();
+                    }
+                    tracing::debug!(queue = %lane.topology.jobs, delivery_tag = delivery.delivery_tag, free_slots = slots.available_permits(), "delivery received");
                     let permit = tokio::select! {
                         p = slots.clone().acquire_owned() => p,
                         () = stopped(&mut stop) => {
-                            settler.requeue(delivery.delivery_tag);
+                            lane.settler.requeue(delivery.delivery_tag);
                             break None;
                         }
                     };
                     let Ok(permit) = permit else { break None };
-                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery.delivery_tag);
+                    inflight.lock().unwrap_or_else(|e| e.into_inner()).insert((index, delivery.delivery_tag));
                     let job = Job {
                         handler: self.handler.clone(),
                         publisher: publisher.clone(),
-                        settler: settler.clone(),
-                        topology: self.topology.clone(),
+                        settler: lane.settler.clone(),
+                        topology: lane.topology.clone(),
                         stats: self.stats.clone(),
                         delivery_limit: self.config.delivery_limit,
                         trace: self.trace.clone(),
@@ -220,20 +250,33 @@ impl<H: JobHandler> Worker<H> {
                     tasks.spawn(async move {
                         let tag = delivery.delivery_tag;
                         job.process(delivery, permit).await;
-                        inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
+                        inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&(index, tag));
                     });
                 }
                 _ = watchdog.tick() => {
-                    if last_delivery.elapsed() >= stall && slots.available_permits() > 0 {
+                    if slots.available_permits() == 0 {
+                        continue;
+                    }
+                    let mut lost = None;
+                    for (lane, last) in lanes.iter().zip(last_delivery.iter_mut()) {
+                        if last.elapsed() < stall {
+                            continue;
+                        }
                         // Bounded: on a connection that went silent the
                         // probe's answer never comes either.
-                        let declare = probe.queue_declare(ShortString::from(self.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default());
+                        let declare = probe.queue_declare(ShortString::from(lane.topology.jobs.clone()), QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() }, FieldTable::default());
                         match tokio::time::timeout(stall, declare).await {
-                            Ok(Ok(q)) if q.message_count() > 0 => break Some(format!("consumer stalled: {} ready messages, none delivered for {stall:?}", q.message_count())),
-                            Ok(Ok(_)) => last_delivery = Instant::now(),
-                            Ok(Err(e)) => break Some(format!("queue probe failed: {e}")),
-                            Err(_) => break Some(format!("connection silent: no delivery and no answer to a queue probe for {stall:?}")),
+                            Ok(Ok(q)) if q.message_count() > 0 => lost = Some(format!("consumer of {} stalled: {} ready messages, none delivered for {stall:?}", lane.topology.jobs, q.message_count())),
+                            Ok(Ok(_)) => *last = Instant::now(),
+                            Ok(Err(e)) => lost = Some(format!("probe of {} failed: {e}", lane.topology.jobs)),
+                            Err(_) => lost = Some(format!("connection silent: no delivery and no answer to a queue probe for {stall:?}")),
                         }
+                        if lost.is_some() {
+                            break;
+                        }
+                    }
+                    if lost.is_some() {
+                        break lost;
                     }
                 }
             }
@@ -242,9 +285,11 @@ impl<H: JobHandler> Worker<H> {
         match end {
             Some(lost) => {
                 // Unacked deliveries are requeued by the broker when the
-                // channel goes; in-flight jobs finish but cannot ack.
+                // channels go; in-flight jobs finish but cannot ack.
                 tasks.abort_all();
-                settling.abort();
+                for settled in &settling {
+                    settled.abort();
+                }
                 let _ = tokio::time::timeout(
                     CLOSE_TIMEOUT,
                     conn.close(200, ShortString::from("reconnecting")),
@@ -256,10 +301,9 @@ impl<H: JobHandler> Worker<H> {
                 self.ready.send_replace(false);
                 let session = Drain {
                     conn: &conn,
-                    channel: &consume,
-                    consumer: &mut consumer,
-                    settler,
+                    lanes,
                     settling,
+                    deliveries: &mut deliveries,
                     inflight: &inflight,
                     tag: &name,
                     timeout: Duration::from_millis(self.config.shutdown_timeout_ms),
@@ -270,6 +314,43 @@ impl<H: JobHandler> Worker<H> {
             }
         }
     }
+}
+
+/// One jobs queue a session consumes (the one, or a shard): its topology,
+/// its channel (with its own prefetch window) and the settler that acks on
+/// that channel.
+pub(crate) struct Lane {
+    /// The jobs queue and its dead-letter and delay queues.
+    pub(crate) topology: Topology,
+    /// The channel its consumer is on.
+    pub(crate) channel: lapin::Channel,
+    /// Acks and requeues on that channel.
+    pub(crate) settler: Settler,
+}
+
+/// Every lane's deliveries, merged: each item is the lane's index and its
+/// consumer's next item, or `None` once that consumer ended (the broker
+/// cancelled it: its queue was deleted).
+pub(crate) type Deliveries = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (usize, Option<lapin::Result<lapin::message::Delivery>>)>,
+>;
+
+/// The deliveries of lane `index`'s consumer, ending with `(index, None)`.
+fn lane_deliveries(
+    index: usize,
+    consumer: lapin::Consumer,
+) -> futures::stream::BoxStream<'static, (usize, Option<lapin::Result<lapin::message::Delivery>>)> {
+    consumer
+        .map(move |next| (index, Some(next)))
+        .chain(futures::stream::once(async move { (index, None) }))
+        .boxed()
+}
+
+/// The jobs queue of lane `index`, for messages.
+fn lane_queue(lanes: &[Lane], index: usize) -> &str {
+    lanes
+        .get(index)
+        .map_or("?", |lane| lane.topology.jobs.as_str())
 }
 
 /// The wait before reconnect attempt `attempt` (0 for the first):

@@ -7,14 +7,24 @@
 //! those arguments answers 406 to the new declare: Kiln then logs the
 //! policy that bounds it, checks it exists on a fresh channel, and carries
 //! on with it as it is.
+//!
+//! **Shards.** With `[amqp] shards = N > 1`, `<queue>` is a consistent-hash
+//! exchange (type `x-consistent-hash`, from the bundled
+//! `rabbitmq_consistent_hash_exchange` plugin) bound with equal weights to
+//! the jobs queues `<queue>.s0` … `<queue>.s<N-1>`. Each shard is a jobs
+//! queue like the unsharded one, with its own `.dead` and `.retry.<n>`
+//! queues ([`Topology::shards`]), so a retry comes back to its own shard
+//! and no queue but the results queue is shared. Replies without
+//! `reply_to` go to the one `<queue>.results`. Producers publish to the
+//! exchange with the job's key as the routing key ([`Topology::route`]).
 
 use std::time::Duration;
 
 use kiln_protocol::RetryPolicy;
-use lapin::options::QueueDeclareOptions;
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::BrokerError;
 use crate::config::{AmqpConfig, QueueType};
@@ -36,6 +46,29 @@ pub struct Topology {
     delivery_limit: u32,
     results_ttl_ms: u64,
     results_max_length: u64,
+    /// With `shards > 1`: how many, and which of them this worker consumes.
+    sharding: Option<Sharding>,
+}
+
+/// The shards of a sharded jobs queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sharding {
+    /// How many shard queues the exchange is bound to.
+    count: u16,
+    /// The shards consumed (every one when the config lists none).
+    consumed: Vec<u16>,
+}
+
+/// The exchange type of a sharded jobs queue.
+pub const CONSISTENT_HASH: &str = "x-consistent-hash";
+
+/// The command that enables the consistent-hash exchange type.
+pub const ENABLE_CONSISTENT_HASH: &str =
+    "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange";
+
+/// The name of shard `index` of the jobs queue `queue`: `<queue>.s<index>`.
+pub fn shard_queue(queue: &str, index: u16) -> String {
+    format!("{queue}.s{index}")
 }
 
 impl Topology {
@@ -55,6 +88,69 @@ impl Topology {
             delivery_limit: config.delivery_limit,
             results_ttl_ms: config.results_ttl_ms,
             results_max_length: config.results_max_length,
+            sharding: (config.shards > 1).then(|| Sharding {
+                count: config.shards,
+                consumed: if config.shard_ids.is_empty() {
+                    (0..config.shards).collect()
+                } else {
+                    config.shard_ids.clone()
+                },
+            }),
+        }
+    }
+
+    /// The consistent-hash exchange producers publish to, when the jobs
+    /// queue is sharded (it is named like the unsharded jobs queue).
+    pub fn exchange(&self) -> Option<&str> {
+        self.sharding.as_ref().map(|_| self.jobs.as_str())
+    }
+
+    /// Where a job with routing key `key` is published: the exchange and
+    /// the routing key. Sharded, the consistent-hash exchange with `key`;
+    /// else the default exchange with the jobs queue's name.
+    pub fn route<'a>(&'a self, key: &'a str) -> (&'a str, &'a str) {
+        match self.exchange() {
+            Some(exchange) => (exchange, key),
+            None => ("", self.jobs.as_str()),
+        }
+    }
+
+    /// Every jobs queue with its own dead-letter and delay queues: the one
+    /// jobs queue, or each shard in order (`<queue>.s<i>`, its
+    /// `<queue>.s<i>.dead` and `<queue>.s<i>.retry.<n>`, sharing
+    /// `<queue>.results`).
+    pub fn shards(&self) -> Vec<Topology> {
+        match &self.sharding {
+            None => vec![self.clone()],
+            Some(sharding) => (0..sharding.count).map(|i| self.shard(i)).collect(),
+        }
+    }
+
+    /// The jobs queues this worker consumes: the one jobs queue, or the
+    /// shards `shard_ids` lists (every shard when it lists none).
+    pub fn consumed(&self) -> Vec<Topology> {
+        match &self.sharding {
+            None => vec![self.clone()],
+            Some(sharding) => sharding.consumed.iter().map(|&i| self.shard(i)).collect(),
+        }
+    }
+
+    /// Shard `index`: a jobs queue of its own, unsharded.
+    fn shard(&self, index: u16) -> Topology {
+        let jobs = shard_queue(&self.jobs, index);
+        let retries = self
+            .retries
+            .iter()
+            .enumerate()
+            .map(|(step, (_, delay))| (format!("{jobs}.retry.{}", step + 1), *delay))
+            .collect();
+        Topology {
+            dead: format!("{jobs}.dead"),
+            results: self.results.clone(),
+            retries,
+            jobs,
+            sharding: None,
+            ..*self
         }
     }
 
@@ -135,7 +231,28 @@ impl Topology {
     /// saying how to bound it.
     pub async fn declare(&self, conn: &Connection) -> Result<(), BrokerError> {
         let channel = conn.create_channel().await.map_err(BrokerError::Channel)?;
-        self.declare_on(&channel).await?;
+        if let Some(exchange) = self.exchange() {
+            declare_hash_exchange(&channel, exchange).await?;
+            for shard in self.shards() {
+                shard.declare_on(&channel).await?;
+                channel
+                    .queue_bind(
+                        ShortString::from(shard.jobs.clone()),
+                        ShortString::from(exchange.to_owned()),
+                        // A consistent-hash binding's key is its weight.
+                        ShortString::from("1"),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|source| BrokerError::Declare {
+                        queue: shard.jobs.clone(),
+                        source,
+                    })?;
+            }
+        } else {
+            self.declare_on(&channel).await?;
+        }
         match declare(&channel, &self.results, self.results_arguments()).await {
             Ok(()) => {
                 let _ = channel.close(200, ShortString::from("declared")).await;
@@ -173,6 +290,46 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// Declares the durable consistent-hash exchange `name` on `channel`. A
+/// broker without the plugin refuses the type (503 COMMAND_INVALID, which
+/// closes the connection): that error names the plugin and the command
+/// that enables it.
+async fn declare_hash_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            ShortString::from(name.to_owned()),
+            ExchangeKind::Custom(CONSISTENT_HASH.to_owned()),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| {
+            if is_unknown_exchange_type(&source) {
+                BrokerError::HashExchangeMissing {
+                    exchange: name.to_owned(),
+                    source,
+                }
+            } else {
+                BrokerError::Declare {
+                    queue: name.to_owned(),
+                    source,
+                }
+            }
+        })
+}
+
+/// Whether `error` is the broker refusing an exchange type it does not
+/// know (503 COMMAND_INVALID, "invalid exchange type").
+fn is_unknown_exchange_type(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID))
+            || e.get_message().as_str().contains("invalid exchange type"))
 }
 
 /// Declares the durable queue `name` with `args` on `channel` (a failed
@@ -242,6 +399,84 @@ mod tests {
         assert_eq!(t.retry_queue(3), None);
         assert_eq!(t.retry_queue(0), None);
         assert_eq!(t.delay_steps(), 2);
+    }
+
+    fn sharded(shards: u16, shard_ids: &[u16]) -> Topology {
+        let config = AmqpConfig {
+            queue: "q".into(),
+            shards,
+            shard_ids: shard_ids.to_vec(),
+            ..AmqpConfig::default()
+        };
+        Topology::new(&config, &RetryPolicy::default())
+    }
+
+    #[test]
+    fn one_shard_is_the_plain_jobs_queue() {
+        let t = sharded(1, &[]);
+        assert_eq!(t.exchange(), None);
+        assert_eq!(t.route("k"), ("", "q"));
+        assert_eq!(t.shards(), std::slice::from_ref(&t));
+        assert_eq!(t.consumed(), std::slice::from_ref(&t));
+    }
+
+    #[test]
+    fn shards_have_their_own_dead_and_delay_queues() {
+        assert_eq!(shard_queue("q", 3), "q.s3");
+        let t = sharded(4, &[]);
+        assert_eq!(t.exchange(), Some("q"));
+        assert_eq!(t.route("tenant-7"), ("q", "tenant-7"));
+        let shards = t.shards();
+        let jobs: Vec<_> = shards.iter().map(|s| s.jobs.as_str()).collect();
+        assert_eq!(jobs, ["q.s0", "q.s1", "q.s2", "q.s3"]);
+        let s2 = &shards[2];
+        assert_eq!(s2.dead, "q.s2.dead");
+        assert_eq!(s2.results, "q.results");
+        assert_eq!(s2.retry_queue(1), Some("q.s2.retry.1"));
+        assert_eq!(s2.retry_queue(2), Some("q.s2.retry.2"));
+        assert_eq!(s2.delay_steps(), t.delay_steps());
+        // A shard is a plain jobs queue: published to directly.
+        assert_eq!(s2.exchange(), None);
+        assert_eq!(s2.route("k"), ("", "q.s2"));
+        assert_eq!(
+            s2.jobs_arguments().inner().get("x-dead-letter-routing-key"),
+            Some(&text("q.s2.dead"))
+        );
+        // Every shard is consumed unless the config pins some.
+        assert_eq!(t.consumed(), shards);
+        let pinned = sharded(4, &[3, 1]);
+        let consumed: Vec<_> = pinned.consumed().into_iter().map(|s| s.jobs).collect();
+        assert_eq!(consumed, ["q.s3", "q.s1"]);
+        assert_eq!(pinned.shards().len(), 4);
+    }
+
+    #[test]
+    fn an_unknown_exchange_type_is_told_apart() {
+        use lapin::protocol::AMQPError;
+        let refused = |kind, message: &str| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+                kind,
+                ShortString::from(message.to_owned()),
+            )))
+        };
+        assert!(is_unknown_exchange_type(&refused(
+            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
+            "COMMAND_INVALID - invalid exchange type 'x-consistent-hash'",
+        )));
+        assert!(!is_unknown_exchange_type(&refused(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - inequivalent arg 'type'",
+        )));
+        let missing = BrokerError::HashExchangeMissing {
+            exchange: "q".into(),
+            source: refused(AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID), "x"),
+        };
+        let message = missing.to_string();
+        assert!(
+            message.contains("rabbitmq_consistent_hash_exchange"),
+            "{message}"
+        );
+        assert!(message.contains(ENABLE_CONSISTENT_HASH), "{message}");
     }
 
     #[test]

@@ -343,6 +343,9 @@ impl KilnConfig {
         if self.amqp.queue.is_empty() {
             return invalid("amqp.queue", "must not be empty");
         }
+        if let Some((key, message)) = self.amqp.shard_problem() {
+            return invalid(key, &message);
+        }
         if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
             // Never echo the value: it may hold a password.
             let key = match self.amqp.url_file {
@@ -617,6 +620,8 @@ mod tests {
             ("[log]\nformat = \"xml\"\n", "format"),
             ("[log]\nfilter = \"[[[\"\n", "log.filter"),
             ("[reload]\nsettle_ms = 0\n", "reload.settle_ms"),
+            ("[amqp]\nshards = 0\n", "amqp.shards"),
+            ("[amqp]\nshards = 4\nshard_ids = [4]\n", "amqp.shard_ids"),
             ("[reload]\nwach = false\n", "wach"),
         ] {
             let err = report(&load_toml(text).unwrap_err());

@@ -54,13 +54,26 @@ pub struct Job {
     pub config: BTreeMap<String, String>,
     /// The job's own deadline in milliseconds, if any (the worker caps it).
     pub timeout_ms: Option<u64>,
+    /// What the job is routed by across the shards of a sharded jobs
+    /// queue (a tenant, a document id): jobs with the same key go to the
+    /// same shard. Producers also send it as the `x-kiln-key` header and
+    /// route by [`routing_key`] (the job id when absent); the worker
+    /// ignores it.
+    pub key: Option<String>,
+}
+
+/// The routing key of a job on a sharded jobs queue: its `key` when
+/// present and not empty, else its `job_id`, so that jobs without a key
+/// spread evenly over the shards.
+pub fn routing_key<'a>(key: Option<&'a str>, job_id: &'a str) -> &'a str {
+    key.filter(|k| !k.is_empty()).unwrap_or(job_id)
 }
 
 /// Serializes as the job record of `docs/PROTOCOL.md`; `decode_job` reads it
 /// back to an equal job.
 impl Serialize for Job {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Job", 6)?;
+        let mut s = serializer.serialize_struct("Job", 7)?;
         s.serialize_field("job_id", &self.job_id)?;
         s.serialize_field("plugin", &self.plugin)?;
         match &self.version {
@@ -79,6 +92,10 @@ impl Serialize for Job {
         match self.timeout_ms {
             Some(timeout_ms) => s.serialize_field("timeout_ms", &timeout_ms)?,
             None => s.skip_field("timeout_ms")?,
+        }
+        match &self.key {
+            Some(key) => s.serialize_field("key", key)?,
+            None => s.skip_field("key")?,
         }
         s.end()
     }
@@ -187,10 +204,11 @@ struct WireJob {
     inputs: Option<Vec<String>>,
     config: Option<BTreeMap<String, String>>,
     timeout_ms: Option<u64>,
+    key: Option<String>,
 }
 
 /// The fields a job may have, for the unknown-field message.
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "job_id",
     "plugin",
     "version",
@@ -198,6 +216,7 @@ const FIELDS: [&str; 7] = [
     "inputs",
     "config",
     "timeout_ms",
+    "key",
 ];
 
 /// Decodes one job body.
@@ -258,6 +277,7 @@ fn finish(
         inputs,
         config,
         timeout_ms,
+        key,
     } = wire;
     let job_id = match job_id.filter(|id| !id.is_empty()) {
         Some(id) => id,
@@ -271,6 +291,7 @@ fn finish(
             payload,
             config: config.unwrap_or_default(),
             timeout_ms,
+            key,
         }),
         Err(error) => Err(RequestError {
             job_id,
@@ -403,7 +424,7 @@ fn shape_problem(fields: &serde_json::Map<String, Value>) -> Option<String> {
             ));
         }
     }
-    for name in ["version", "input"] {
+    for name in ["version", "input", "key"] {
         if let Some(problem) = optional_string(name) {
             return Some(problem);
         }
@@ -521,7 +542,7 @@ mod tests {
             (br#"{"plugin":"p","input":"x","timeout_ms":"9"}"#, BadRequest, "field `timeout_ms` must be a non-negative integer, not a string"),
             (br#"{"job_id":7,"plugin":"p","input":"x"}"#, BadRequest, "field `job_id` must be a string, not 7"),
             (br#"{"plugin":"p","input":"x","version":1}"#, BadRequest, "field `version` must be a string, not 1"),
-            (br#"{"plugin":"p","imput":"x"}"#, BadRequest, "unknown field `imput` (a job has `job_id`, `plugin`, `version`, `input`, `inputs`, `config`, `timeout_ms`)"),
+            (br#"{"plugin":"p","imput":"x"}"#, BadRequest, "unknown field `imput` (a job has `job_id`, `plugin`, `version`, `input`, `inputs`, `config`, `timeout_ms`, `key`)"),
             (br#"{"plugin":"p","input":"x","plugin":"q"}"#, BadRequest, "duplicate field `plugin`"),
             (br#"{"plugin":"p","input":"x","version":"one"}"#, BadRequest, "field `version` is not a semver requirement"),
             (br#"{"plugin":"p","input":"x","version":""}"#, BadRequest, "field `version` is not a semver requirement"),
@@ -608,6 +629,7 @@ mod tests {
                 payload: Payload::Single("hi".into()),
                 config: [("mode".to_owned(), "x".to_owned())].into(),
                 timeout_ms: Some(500),
+                key: None,
             }
         );
         let job = decode(br#"{"plugin":"upper","inputs":["a","b"],"config":null,"version":null}"#)
@@ -675,6 +697,31 @@ mod tests {
     }
 
     #[test]
+    fn the_routing_key_defaults_to_the_job_id() {
+        assert_eq!(routing_key(Some("tenant-7"), "j1"), "tenant-7");
+        assert_eq!(routing_key(Some(""), "j1"), "j1");
+        assert_eq!(routing_key(None, "j1"), "j1");
+        let job = decode_job(
+            br#"{"job_id":"j1","plugin":"p","input":"x","key":"t"}"#,
+            &Envelope::default(),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(job.key.as_deref(), Some("t"));
+        let err = decode_job(
+            br#"{"plugin":"p","input":"x","key":7}"#,
+            &Envelope::default(),
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(
+            err.error.message.contains("field `key` must be a string"),
+            "{}",
+            err.error.message
+        );
+    }
+
+    #[test]
     fn jobs_serialize_to_the_record() {
         let job = Job {
             job_id: "j".into(),
@@ -683,6 +730,7 @@ mod tests {
             payload: Payload::Batch(vec!["a".into()]),
             config: BTreeMap::new(),
             timeout_ms: None,
+            key: None,
         };
         assert_eq!(
             serde_json::to_value(&job).unwrap(),
@@ -713,15 +761,17 @@ mod tests {
             payload,
             proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..3),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(".{0,8}"),
         )
             .prop_map(
-                |(job_id, plugin, version, payload, config, timeout_ms)| Job {
+                |(job_id, plugin, version, payload, config, timeout_ms, key)| Job {
                     job_id,
                     plugin,
                     version,
                     payload,
                     config,
                     timeout_ms,
+                    key,
                 },
             )
     }

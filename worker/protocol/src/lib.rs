@@ -12,7 +12,9 @@ pub mod outcome;
 pub mod reply;
 pub mod span;
 
-pub use job::{DecodeLimits, Envelope, Job, Payload, RequestError, decode_job, job_id_from_body};
+pub use job::{
+    DecodeLimits, Envelope, Job, Payload, RequestError, decode_job, job_id_from_body, routing_key,
+};
 pub use outcome::{
     Action, Admission, Disposition, ErrorKind, JobError, RetryPolicy, Source, UnknownErrorKind,
     admission, carried, disposition,

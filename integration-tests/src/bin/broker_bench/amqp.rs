@@ -249,6 +249,9 @@ impl Format {
 pub(crate) struct LoadSpec<'a> {
     pub url: &'a str,
     pub jobs_queue: &'a str,
+    /// A sharded jobs queue's consistent-hash exchange: jobs go there,
+    /// routed by their id (Kiln's default key), instead of to `jobs_queue`.
+    pub exchange: Option<&'a str>,
     pub reply_queue: &'a str,
     pub workload: &'a Workload,
     pub jobs: usize,
@@ -316,6 +319,7 @@ pub(crate) async fn run_load(spec: &LoadSpec<'_>) -> Result<LoadOutcome> {
     let mut publisher = tokio::spawn(publish_all(
         pub_ch.clone(),
         spec.jobs_queue.to_owned(),
+        spec.exchange.map(str::to_owned),
         spec.reply_queue.to_owned(),
         spec.workload.clone(),
         spec.format,
@@ -440,6 +444,7 @@ pub(crate) async fn run_load(spec: &LoadSpec<'_>) -> Result<LoadOutcome> {
 async fn publish_all(
     ch: Channel,
     queue: String,
+    exchange: Option<String>,
     reply_to: String,
     workload: Workload,
     format: Format,
@@ -464,7 +469,8 @@ async fn publish_all(
         }
         Ok::<_, anyhow::Error>(epoch.elapsed().as_secs_f64())
     });
-    let routing_key: ShortString = queue.as_str().into();
+    let queue_key: ShortString = queue.as_str().into();
+    let exchange_name: ShortString = exchange.as_deref().unwrap_or("").into();
     let reply_to: ShortString = reply_to.as_str().into();
     for (i, slot) in sent_at.iter().enumerate().take(n) {
         let permit = window.clone().acquire_owned().await?;
@@ -473,10 +479,14 @@ async fn publish_all(
         }
         let (body, props) = format.message(&workload, i, &reply_to);
         slot.store(epoch.elapsed().as_nanos() as u64 + 1, Ordering::Release);
+        let routing_key = match exchange {
+            Some(_) => workload.job_id(i).as_str().into(),
+            None => queue_key.clone(),
+        };
         let confirm = ch
             .basic_publish(
-                "".into(),
-                routing_key.clone(),
+                exchange_name.clone(),
+                routing_key,
                 BasicPublishOptions::default(),
                 body.as_bytes(),
                 props,

@@ -103,6 +103,7 @@ impl Kiln {
         threads: Option<usize>,
         log_filter: &str,
         log: &Path,
+        shards: usize,
     ) -> Result<Group> {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(cwd)
@@ -135,6 +136,9 @@ impl Kiln {
             cmd.arg("--queue-type").arg(qt.to_string());
         } else {
             cmd.env("KILN__AMQP__QUEUE_TYPE", qt.to_string());
+        }
+        if shards > 1 {
+            cmd.env("KILN__AMQP__SHARDS", shards.to_string());
         }
         Group::spawn(cmd, "kiln worker", log)
     }

@@ -58,16 +58,7 @@ impl Group {
     /// The CPU time (user + system) the leader has used so far, read from
     /// `/proc/<pid>/stat`; `None` off Linux or once it has exited.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields 14 and 15 (utime, stime) counted from the one after the
-        // command name, which is in parentheses and may hold spaces.
-        let rest = stat.get(stat.rfind(')')? + 1..)?;
-        let mut fields = rest.split_whitespace().skip(11);
-        let utime: u64 = fields.next()?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        // In USER_HZ, which is 100 on Linux.
-        Some(Duration::from_millis((utime + stime) * 10))
+        cpu_of(self.child.as_ref()?.id())
     }
 
     /// SIGTERM to the group, up to `grace` for the leader to exit, then
@@ -139,4 +130,40 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The CPU time (user + system) process `pid` has used so far, read from
+/// `/proc/<pid>/stat`; `None` off Linux or once it has exited.
+pub(crate) fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields 14 and 15 (utime, stime) counted from the one after the
+    // command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In USER_HZ, which is 100 on Linux.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// The CPU time used so far by every Erlang VM on this machine
+/// (`beam.smp`: the local RabbitMQ), summed; `None` when there is none.
+pub(crate) fn broker_cpu() -> Option<Duration> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "beam.smp"
+            && let Some(cpu) = cpu_of(pid)
+        {
+            total = Some(total.unwrap_or(Duration::ZERO) + cpu);
+        }
+    }
+    total
 }

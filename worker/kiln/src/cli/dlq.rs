@@ -59,6 +59,8 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
     config.validate()?;
     let topology = kiln_broker::Topology::new(&config.amqp, &config.pipeline.retry_policy());
     let url = &config.amqp.url;
+    // Every shard's, on a sharded jobs queue.
+    let dead = dlq::dead_queues(&topology).join(", ");
     let on = |what: &str, queue: &str| {
         format!("cannot {what} {queue} on {}", config.amqp.redacted_url())
     };
@@ -66,7 +68,7 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
         DlqCommand::List { json } => {
             let letters = dlq::list(url, &topology)
                 .await
-                .with_context(|| on("read", &topology.dead))?;
+                .with_context(|| on("read", &dead))?;
             if json {
                 for l in &letters {
                     println!("{}", serde_json::to_string(l)?);
@@ -74,7 +76,7 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
             } else {
                 print!("{}", table(&letters));
             }
-            eprintln!("kiln: {} dead letters in {}", letters.len(), topology.dead);
+            eprintln!("kiln: {} dead letters in {dead}", letters.len());
         }
         DlqCommand::Replay {
             job_id,
@@ -88,7 +90,7 @@ pub(super) async fn dlq(args: DlqArgs, mut config: KilnConfig) -> anyhow::Result
             };
             let replayed = dlq::replay(url, &topology, &options)
                 .await
-                .with_context(|| on("replay", &topology.dead))?;
+                .with_context(|| on("replay", &dead))?;
             for r in &replayed {
                 println!("replayed {}", r.letter.job_id);
                 if let Some(note) = rerouted(r, &topology.results) {

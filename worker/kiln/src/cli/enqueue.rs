@@ -165,7 +165,11 @@ fn jobs_from_dir(dir: &Path, plugin: &str) -> anyhow::Result<Vec<OutgoingJob>> {
         let body = serde_json::to_vec(
             &serde_json::json!({"job_id": job_id, "plugin": plugin, "input": input}),
         )?;
-        jobs.push(OutgoingJob { job_id, body });
+        jobs.push(OutgoingJob {
+            job_id,
+            key: None,
+            body,
+        });
     }
     Ok(jobs)
 }
@@ -324,6 +328,7 @@ mod tests {
         ids.iter()
             .map(|id| OutgoingJob {
                 job_id: (*id).to_owned(),
+                key: None,
                 body: Vec::new(),
             })
             .collect()

@@ -99,6 +99,7 @@ async fn one(args: RunArgs, pipeline: &Pipeline) -> anyhow::Result<ExitCode> {
         payload: Payload::Single(input),
         config: args.config.into_iter().collect::<BTreeMap<_, _>>(),
         timeout_ms: args.timeout_ms,
+        key: None,
     };
     let handled = pipeline.run(&job, 1).await;
     println!("{}", String::from_utf8_lossy(&handled.encoded));
