@@ -7,6 +7,8 @@ pub mod broker;
 
 pub mod instructions;
 
+pub mod registry;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};

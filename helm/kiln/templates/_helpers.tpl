@@ -113,7 +113,19 @@ can be checked anywhere with `kiln config check --config-file`.
   "plugins_dir" (include "kiln.pluginsDir" .)
   "sandbox" (dict "cache" (dict "dir" "/var/cache/kiln" "baked_dir" "/opt/kiln/cache"))
 -}}
+{{- with .Values.plugins.oci }}
+{{- $registry := dict "plugins" . "refresh_ms" $.Values.plugins.ociRefreshMs }}
+{{- if $.Values.plugins.ociAuthSecret }}
+{{- $_ := set $registry "auth_file" (include "kiln.registryAuthFile" $) }}
+{{- end }}
+{{- $_ := set $managed "registry" $registry }}
+{{- end }}
 {{- mergeOverwrite (deepCopy (.Values.config | default dict)) $managed | toPrettyJson -}}
+{{- end -}}
+
+{{/* Where the plugins.ociAuthSecret Secret's docker config.json is mounted. */}}
+{{- define "kiln.registryAuthFile" -}}
+/var/run/secrets/kiln/registry/config.json
 {{- end -}}
 
 {{/* Keys of .Values.config the chart owns, refused with a message that says why. */}}
@@ -126,6 +138,9 @@ can be checked anywhere with `kiln config check --config-file`.
 {{- end -}}
 {{- if hasKey $amqp "url_file" -}}
 {{- fail "kiln: config.amqp.url_file is set by the chart (KILN__AMQP__URL_FILE points at the mounted Secret)" -}}
+{{- end -}}
+{{- if and .Values.plugins.oci (hasKey ($config.registry | default dict) "plugins") -}}
+{{- fail "kiln: config.registry.plugins is set by the chart from plugins.oci; set one of them" -}}
 {{- end -}}
 {{- if hasKey $config "plugins_dir" -}}
 {{- fail "kiln: config.plugins_dir is set by the chart from plugins.source" -}}

@@ -83,6 +83,19 @@ impl WorkerProc {
         cache: &Path,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_with_args(url, queue, plugins, cache, env, &[])
+    }
+
+    /// [`Self::start`] with more command-line arguments (before
+    /// `worker`, e.g. `--config-file PATH`).
+    pub fn start_with_args(
+        url: &str,
+        queue: &str,
+        plugins: &Path,
+        cache: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -90,28 +103,29 @@ impl WorkerProc {
             .port();
         let connection_name = format!("{queue}-worker-{port}");
         let mut cmd = kiln();
-        cmd.args([
-            "worker",
-            "--amqp-url",
-            url,
-            "--queue",
-            queue,
-            "--connection-name",
-            &connection_name,
-        ])
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--cache")
-        .arg(cache)
-        .args(["--http-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
-        .env("KILN__AMQP__RECONNECT_INITIAL_MS", "200")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("OTEL_SERVICE_NAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        cmd.args(args)
+            .args([
+                "worker",
+                "--amqp-url",
+                url,
+                "--queue",
+                queue,
+                "--connection-name",
+                &connection_name,
+            ])
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--cache")
+            .arg(cache)
+            .args(["--http-listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "error")
+            .env("KILN__SANDBOX__LIMITS__MEMORY_BYTES", "33554432")
+            .env("KILN__AMQP__RECONNECT_INITIAL_MS", "200")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         // Two job slots unless the test says otherwise.
         cmd.env("KILN__PIPELINE__CONCURRENCY", "2");
         for (k, v) in env {

@@ -34,6 +34,9 @@ pub struct KilnConfig {
     pub http: HttpConfig,
     /// Hot reload of the plugins directory (`kiln worker` only).
     pub reload: ReloadConfig,
+    /// Plugins pulled from OCI registries (docs/PLUGINS.md, "From an OCI
+    /// registry").
+    pub registry: RegistryConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -116,6 +119,59 @@ impl Default for ReloadConfig {
             watch: true,
             settle_ms: 300,
             poll_ms: 2_000,
+        }
+    }
+}
+
+/// Plugins pulled from OCI registries by `kiln worker`, `kiln run` and
+/// `kiln plugins`: verified, stored under `<sandbox.cache.dir>/oci/`, and
+/// loaded next to `plugins_dir` through hot reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The references to serve, `oci://HOST[:PORT]/REPO:TAG@sha256:…`.
+    /// Pulled on start and re-checked every `refresh_ms` (the worker also
+    /// re-reads this list from its config file then). Default: none.
+    pub plugins: Vec<String>,
+    /// A docker `config.json` with the registries' credentials (`auths`),
+    /// for example a mounted `kubernetes.io/dockerconfigjson` Secret.
+    /// Default: none (anonymous).
+    pub auth_file: Option<PathBuf>,
+    /// Registries (`HOST[:PORT]`) reached over plain HTTP; loopback always
+    /// is. Default: none.
+    pub insecure: Vec<String>,
+    /// How often the references are re-checked, in milliseconds: a tag is
+    /// re-resolved, a changed list pulled. Default: 60,000.
+    #[schemars(range(min = 100))]
+    pub refresh_ms: u64,
+    /// Refuse a reference without a digest. With `false`, a bare tag is
+    /// allowed and re-resolved on every refresh. Default: true.
+    pub require_digest: bool,
+    /// Largest manifest or layer accepted, in bytes; a larger one is
+    /// refused. Default: 64 MiB.
+    #[schemars(range(min = 1))]
+    pub max_bytes: u64,
+    /// References the worker may be ready without (their plugin may be
+    /// missing, for example on a cold store during an outage). Default:
+    /// none, so every configured reference must be loaded.
+    pub ready_without: Vec<String>,
+    /// The config file `plugins` is re-read from on every refresh (set by
+    /// the command line, never read from a file).
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            plugins: Vec::new(),
+            auth_file: None,
+            insecure: Vec::new(),
+            refresh_ms: 60_000,
+            require_digest: true,
+            max_bytes: 64 << 20,
+            ready_without: Vec::new(),
+            config_file: None,
         }
     }
 }
@@ -356,6 +412,12 @@ impl KilnConfig {
         }
         if !(1..=60_000).contains(&self.reload.settle_ms) {
             return invalid("reload.settle_ms", "must be from 1 to 60000");
+        }
+        if self.registry.refresh_ms < 100 {
+            return invalid("registry.refresh_ms", "must be at least 100");
+        }
+        if self.registry.max_bytes == 0 {
+            return invalid("registry.max_bytes", "must be at least 1");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return invalid("log.filter", "is not a valid RUST_LOG filter");
@@ -607,6 +669,21 @@ mod tests {
     }
 
     #[test]
+    fn registry_defaults_and_overrides() {
+        let defaults = load_toml("").unwrap().registry;
+        assert_eq!(defaults, RegistryConfig::default());
+        assert!(defaults.require_digest && defaults.plugins.is_empty());
+        let c = load_toml(
+            "[registry]\nplugins = [\"oci://r:5000/a:1\"]\nrequire_digest = false\ninsecure = [\"r:5000\"]\nrefresh_ms = 500\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry.plugins, ["oci://r:5000/a:1"]);
+        assert!(!c.registry.require_digest);
+        assert_eq!(c.registry.refresh_ms, 500);
+        assert_eq!(c.registry.insecure, ["r:5000"]);
+    }
+
+    #[test]
     fn bad_config_names_the_key() {
         for (text, needle) in [
             ("[pipeline]\nconcurency = 3\n", "concurency"),
@@ -623,6 +700,8 @@ mod tests {
             ("[amqp]\nshards = 0\n", "amqp.shards"),
             ("[amqp]\nshards = 4\nshard_ids = [4]\n", "amqp.shard_ids"),
             ("[reload]\nwach = false\n", "wach"),
+            ("[registry]\nrefresh_ms = 5\n", "registry.refresh_ms"),
+            ("[registry]\nplugin = []\n", "plugin"),
         ] {
             let err = report(&load_toml(text).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

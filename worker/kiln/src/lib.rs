@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod metrics;
+pub mod oci;
 pub mod pipeline;
 pub mod plugins;
 pub mod reload;

@@ -18,16 +18,50 @@ use crate::config::KilnConfig;
 /// lock is held while the job runs); the reloader stores its successor.
 pub type SharedRegistry = Arc<ArcSwap<Registry>>;
 
-/// Builds the sandbox and loads every plugin of the configured directory.
+/// Builds the sandbox and loads every plugin of the configured directory,
+/// and those of `[registry] plugins` (pulled first: see [`crate::oci`]).
 pub async fn load(config: &KilnConfig) -> anyhow::Result<(Sandbox, Arc<Registry>)> {
+    let (sandbox, registry, _) = load_with_registry(config).await?;
+    Ok((sandbox, registry))
+}
+
+/// [`load`], also returning the registry syncer (its first sync done) when
+/// `[registry] plugins` is set, for the worker to keep refreshing.
+pub async fn load_with_registry(
+    config: &KilnConfig,
+) -> anyhow::Result<(Sandbox, Arc<Registry>, Option<crate::oci::Syncer>)> {
     use anyhow::Context as _;
     let sandbox = Sandbox::new(config.sandbox.clone())?;
     let dir = &config.plugins_dir.0;
-    let registry = sandbox
+    let mut registry = sandbox
         .load_dir(dir)
         .await
         .with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
-    Ok((sandbox, Arc::new(registry)))
+    let syncer = if config.registry.plugins.is_empty() {
+        None
+    } else {
+        let store = crate::oci::Store::for_config(config.sandbox.cache.dir.as_deref());
+        let mut syncer = crate::oci::Syncer::new(config.registry.clone(), store);
+        let report = syncer.sync().await;
+        let mut plugins: Vec<Arc<kiln_sandbox::Plugin>> = registry.plugins().cloned().collect();
+        let mut errors = registry.errors().to_vec();
+        for path in &report.active {
+            match sandbox.load_file(path).await {
+                Ok(plugin) => {
+                    tracing::info!(plugin = plugin.name(), version = %plugin.version(), path = %path.display(), "registry plugin loaded");
+                    plugins.push(Arc::new(plugin));
+                }
+                Err(error) => {
+                    tracing::error!(path = %path.display(), error = %error.report(), "registry plugin rejected");
+                    errors.push(error);
+                }
+            }
+        }
+        errors.extend(syncer.shared().errors().1);
+        registry = Registry::from_parts(plugins, errors);
+        Some(syncer)
+    };
+    Ok((sandbox, Arc::new(registry), syncer))
 }
 
 /// What `kiln plugins` shows, and a worker's `/plugins` answers: the
@@ -55,6 +89,10 @@ pub struct PluginRow {
     pub cache: CacheState,
     /// The worlds' exports it serves.
     pub exports: Vec<Export>,
+    /// The registry reference and manifest digest it was pulled from, for
+    /// a plugin of `[registry] plugins`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::oci::Source>,
 }
 
 /// An export of the `kiln:plugin` contract a plugin serves.
@@ -91,6 +129,7 @@ impl PluginRow {
             wasm_bytes: plugin.wasm_bytes(),
             cache: plugin.cache_state(),
             exports,
+            source: crate::oci::Source::of(plugin.path()),
         }
     }
 }
@@ -120,9 +159,14 @@ impl PluginsReport {
         // Writing to a String cannot fail.
         for p in &self.plugins {
             let exports: Vec<&str> = p.exports.iter().map(|e| e.as_str()).collect();
+            let source = p
+                .source
+                .as_ref()
+                .map(|s| format!(" {}@{}", s.reference, s.digest))
+                .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "{:<24} {:<10} {:>10} {:<20} {:<14} {}",
+                "{:<24} {:<10} {:>10} {:<20} {:<14} {}{source}",
                 p.name,
                 p.version.to_string(),
                 p.wasm_bytes,
@@ -153,6 +197,7 @@ mod tests {
                     wasm_bytes: 4096,
                     cache: CacheState::CompiledInMemory,
                     exports: vec![Export::Plugin],
+                    source: None,
                 },
                 PluginRow {
                     name: "wordcount".into(),
@@ -161,6 +206,7 @@ mod tests {
                     wasm_bytes: 123,
                     cache: CacheState::Hit,
                     exports: vec![Export::Plugin, Export::Batch],
+                    source: None,
                 },
             ],
             errors: vec!["plugin /plugins/x.wasm: cannot read: gone".into()],

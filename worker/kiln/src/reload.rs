@@ -109,6 +109,12 @@ struct Entry {
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
+    /// More directories scanned like `dir`: the registry store's plugins
+    /// ([`crate::oci`]).
+    extra_dirs: Vec<PathBuf>,
+    /// The registry syncer's refusals, published with the load errors, and
+    /// its wake-ups; with the generation last published.
+    registry: Option<(crate::oci::Shared, u64)>,
     config: ReloadConfig,
     /// The sandbox the first registry was loaded with (one engine, one
     /// pool, one ticker).
@@ -150,6 +156,8 @@ impl Reloader {
         }
         Self {
             dir: dir.to_path_buf(),
+            extra_dirs: Vec::new(),
+            registry: None,
             config,
             sandbox,
             current,
@@ -163,6 +171,19 @@ impl Reloader {
     #[must_use]
     pub fn with_metrics(mut self, metrics: JobMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Also scans `dir` (created if missing), where the registry syncer
+    /// puts the plugins it pulled, and publishes its refusals with the
+    /// load errors.
+    #[must_use]
+    pub fn with_registry(mut self, dir: &Path, shared: crate::oci::Shared) -> Self {
+        if let Err(error) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "cannot create the registry plugins directory");
+        }
+        self.extra_dirs.push(dir.to_path_buf());
+        self.registry = Some((shared, 0));
         self
     }
 
@@ -183,11 +204,15 @@ impl Reloader {
     async fn run(mut self, mut stop: watch::Receiver<bool>, mut hangup: Option<Signal>) {
         let wake = Arc::new(Notify::new());
         // Kept alive for the loop; dropping it stops the watcher thread.
-        let _watcher = if self.config.watch {
-            watch_dir(&self.dir, wake.clone())
+        let _watchers: Vec<_> = if self.config.watch {
+            std::iter::once(&self.dir)
+                .chain(&self.extra_dirs)
+                .filter_map(|dir| watch_dir(dir, wake.clone()))
+                .collect()
         } else {
-            None
+            Vec::new()
         };
+        let registry = self.registry.as_ref().map(|(shared, _)| shared.clone());
         let mut poll = (self.config.poll_ms > 0).then(|| {
             let period = Duration::from_millis(self.config.poll_ms);
             let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -213,6 +238,7 @@ impl Reloader {
                 }
                 () = next_tick(&mut poll) => {}
                 () = sleep_until(settle_at) => {}
+                () = registry_changed(registry.as_ref()) => {}
             }
             self.scan().await;
         }
@@ -235,15 +261,23 @@ impl Reloader {
     /// serving, settled changes are loaded, and if anything changed a new
     /// registry is published.
     pub async fn scan(&mut self) {
-        let files = match wasm_files(&self.dir) {
-            Ok(files) => files,
-            Err(error) => {
-                // Keep serving: an unreadable directory is not an empty one.
-                tracing::warn!(dir = %self.dir.display(), %error, "cannot read the plugins directory; nothing reloaded");
-                return;
+        let mut files = Vec::new();
+        for dir in std::iter::once(&self.dir).chain(&self.extra_dirs) {
+            match wasm_files(dir) {
+                Ok(found) => files.extend(found),
+                Err(error) => {
+                    // Keep serving: an unreadable directory is not an empty one.
+                    tracing::warn!(dir = %dir.display(), %error, "cannot read the plugins directory; nothing reloaded");
+                    return;
+                }
             }
-        };
+        }
         let mut changed = self.remove_missing(&files.iter().cloned().collect());
+        if let Some((shared, seen)) = &mut self.registry {
+            let generation = shared.errors().0;
+            changed |= generation != *seen;
+            *seen = generation;
+        }
         let now = Instant::now();
         let settle = self.settle();
         let mut ready = Vec::new();
@@ -418,10 +452,16 @@ impl Reloader {
             .filter_map(|e| e.serving.as_ref())
             .collect();
         served.sort_by_key(|s| s.seq);
+        let registry_errors = self
+            .registry
+            .as_ref()
+            .map(|(shared, _)| shared.errors().1)
+            .unwrap_or_default();
         let errors = self
             .entries
             .values()
-            .filter_map(|e| e.failed.as_ref().map(|(_, error)| error.clone()));
+            .filter_map(|e| e.failed.as_ref().map(|(_, error)| error.clone()))
+            .chain(registry_errors);
         let registry = Registry::from_parts(served.iter().map(|s| s.plugin.clone()), errors);
         if let Some(m) = &self.metrics {
             // Before the swap, so the first job of a new plugin is labelled.
@@ -482,6 +522,13 @@ async fn next_tick(poll: &mut Option<tokio::time::Interval>) {
         Some(poll) => {
             poll.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+async fn registry_changed(shared: Option<&crate::oci::Shared>) {
+    match shared {
+        Some(shared) => shared.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -34,12 +34,14 @@ impl JobHandler for Pipeline {
 /// then drains and returns success. A second SIGTERM or SIGINT during the
 /// drain requeues the jobs in flight at once and returns failure. Hot reload loads changed plugins into
 /// `sandbox`, the one `registry` was loaded with (one engine, one pool, one
-/// ticker). `trace` carries trace context through the AMQP headers (see
+/// ticker). `syncer`, when `[registry] plugins` is set, keeps the registry
+/// plugins in step (its plugins load through the same hot reload). `trace` carries trace context through the AMQP headers (see
 /// [`crate::telemetry`]).
 pub async fn run(
     config: &KilnConfig,
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
+    syncer: Option<crate::oci::Syncer>,
     trace: Arc<dyn TraceHeaders>,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
@@ -69,16 +71,25 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let address = listener.local_addr()?;
-    let reloader = Reloader::new(
+    let mut reloader = Reloader::new(
         &config.plugins_dir.0,
         config.reload.clone(),
         sandbox,
         plugins.clone(),
     )
-    .with_metrics(jobs.clone())
-    .spawn(stop_rx.clone());
+    .with_metrics(jobs.clone());
+    let mut required = Vec::new();
+    let mut syncer_task = None;
+    if let Some(syncer) = syncer {
+        let syncer = syncer.with_metrics(jobs.clone());
+        reloader = reloader.with_registry(&syncer.store().plugins_dir(), syncer.shared());
+        required = syncer.required();
+        syncer_task = Some(syncer.spawn(stop_rx.clone()));
+    }
+    let reloader = reloader.spawn(stop_rx.clone());
     let probes = Probes {
         consuming: worker.readiness(),
+        required,
         plugins,
         metrics: exposition,
     };
@@ -111,6 +122,9 @@ pub async fn run(
         tracing::error!(%error, "the consumer task failed");
     }
     reloader.abort();
+    if let Some(syncer) = syncer_task {
+        syncer.abort();
+    }
     signals.abort();
     let _ = done_tx.send(true);
     if tokio::time::timeout(std::time::Duration::from_secs(1), http)
@@ -133,6 +147,9 @@ struct Probes {
     consuming: watch::Receiver<bool>,
     /// The plugins serving now (ready only with at least one).
     plugins: SharedRegistry,
+    /// The registry plugin files that must be serving before the worker is
+    /// ready (`[registry] plugins` less `ready_without`).
+    required: Vec<std::path::PathBuf>,
     metrics: Arc<Exposition>,
 }
 
@@ -152,6 +169,7 @@ async fn serve_http(
     let Probes {
         consuming,
         plugins,
+        required,
         metrics,
     } = probes;
     let served = plugins.clone();
@@ -161,9 +179,17 @@ async fn serve_http(
             "/readyz",
             get(move || {
                 let consuming = *consuming.borrow();
-                let plugins_loaded = !plugins.load().is_empty();
+                let registry = plugins.load();
+                let plugins_loaded = !registry.is_empty();
+                let required_loaded = required
+                    .iter()
+                    .all(|path| registry.plugins().any(|p| p.path() == path));
                 async move {
                     match (plugins_loaded, consuming) {
+                        (true, true) if !required_loaded => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: a registry plugin is not loaded (see /plugins)",
+                        ),
                         (true, true) => (StatusCode::OK, "ready"),
                         (false, _) => (
                             StatusCode::SERVICE_UNAVAILABLE,

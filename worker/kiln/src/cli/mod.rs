@@ -174,6 +174,11 @@ pub fn main() -> ExitCode {
 
 fn load_config(global: &Global) -> anyhow::Result<KilnConfig> {
     let mut config = KilnConfig::load(global.config_file.as_deref())?;
+    // The worker re-reads `[registry] plugins` from the same file.
+    config.registry.config_file = global.config_file.clone().or_else(|| {
+        let default = PathBuf::from(crate::config::DEFAULT_CONFIG_FILE);
+        default.exists().then_some(default)
+    });
     if let Some(dir) = &global.plugins {
         config.plugins_dir.0 = dir.clone();
     }

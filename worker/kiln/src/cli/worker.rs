@@ -55,12 +55,12 @@ pub(super) async fn worker(
 ) -> anyhow::Result<ExitCode> {
     args.apply(&mut config);
     config.validate()?;
-    let (sandbox, registry) = crate::plugins::load(&config).await?;
+    let (sandbox, registry, syncer) = crate::plugins::load_with_registry(&config).await?;
     for error in registry.errors() {
         tracing::error!(error = %error.report(), "plugin not loaded");
     }
     // Hot reload loads into the same sandbox: one engine, pool and ticker.
-    crate::worker::run(&config, Arc::new(sandbox), registry, trace).await
+    crate::worker::run(&config, Arc::new(sandbox), registry, syncer, trace).await
 }
 
 #[cfg(test)]
