@@ -4,10 +4,10 @@
 //! run, interleaved in rounds so machine noise hits both alike.
 //!
 //! A plain harness (not criterion): it reports the process's CPU time per
-//! job (user + system, from `/proc/self/stat`; it includes the loopback
-//! server's share, which a real service would pay elsewhere) and the wall
+//! job (every thread's, from `/proc/self/task/*/schedstat`; it includes the
+//! loopback server's share, which a real service would pay elsewhere) and the wall
 //! time per job. Run with
-//! `cargo bench --release --workspace --bench http`.
+//! `cargo bench --workspace --bench http`.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,19 +16,24 @@ use std::time::{Duration, Instant};
 use kiln_integration_tests::{artifact, config, ctx};
 use kiln_sandbox::{Limits, Sandbox};
 
-const JOBS_PER_ROUND: usize = 200;
-const ROUNDS: usize = 5;
+const JOBS_PER_ROUND: usize = 500;
+const ROUNDS: usize = 10;
 
-/// User + system CPU time of this process.
+/// CPU time of this process's live threads, in nanoseconds: the sum of
+/// the first field of `/proc/self/task/*/schedstat` (finer than the
+/// clock ticks of `/proc/self/stat`).
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name (which is in parentheses): utime is the
-    // 14th field overall, stime the 15th, in clock ticks (100 per second on
-    // Linux with the default USER_HZ).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
 }
 
 fn main() {
