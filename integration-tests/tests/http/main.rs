@@ -26,6 +26,16 @@ async fn server() -> SocketAddr {
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route(
+            "/traceparent",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned()
+            }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -472,4 +482,33 @@ async fn the_enrich_example_merges_a_fetched_field() {
     let run = plugin.process(&ctx("e", &[]), r#"{"id":8}"#).await;
     let err = run.result.unwrap_err().to_string();
     assert!(err.contains("no record 8"), "{err}");
+}
+
+/// A fixed trace context, standing in for the worker's OpenTelemetry one.
+fn fixed_traceparent(span: &tracing::Span) -> Vec<(String, String)> {
+    // The injector is handed the request's client span.
+    let name = span.metadata().map_or("none", |m| m.name());
+    vec![(
+        "traceparent".to_owned(),
+        format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01;{name}")
+            .replace(";http.client", ""),
+    )]
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_trace_context_is_injected_into_the_outgoing_request() {
+    let addr = server().await;
+    kiln_sandbox::http::set_trace_injector(fixed_traceparent);
+    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
+    let (plugin, _dir) = probe(
+        &sandbox,
+        &format!("[grants]\noutbound = [\"{}\"]\n", grant(addr)),
+    )
+    .await;
+    // Spans must be enabled for the client span to exist.
+    let (_, reports, _) = probe_run(&plugin, &[format!("{}/traceparent", grant(addr))], &[]).await;
+    assert_eq!(
+        reports[0]["body"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "{reports:?}"
+    );
 }
