@@ -172,10 +172,12 @@ async fn the_worker_counts_denials_per_plugin_and_capability() {
         series,
         [
             "kiln_capability_denials_total{plugin=\"hostile-snoop\",capability=\"dns\"} 4",
+            "kiln_capability_denials_total{plugin=\"hostile-snoop\",capability=\"http\"} 0",
             "kiln_capability_denials_total{plugin=\"hostile-snoop\",capability=\"tcp\"} 2",
             "kiln_capability_denials_total{plugin=\"hostile-snoop\",capability=\"udp\"} 2",
             // Every loaded plugin's series exist from the start, at 0.
             "kiln_capability_denials_total{plugin=\"uppercase\",capability=\"dns\"} 0",
+            "kiln_capability_denials_total{plugin=\"uppercase\",capability=\"http\"} 0",
             "kiln_capability_denials_total{plugin=\"uppercase\",capability=\"tcp\"} 0",
             "kiln_capability_denials_total{plugin=\"uppercase\",capability=\"udp\"} 0",
         ],

@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use kiln_protocol::ErrorKind;
-use kiln_sandbox::{Denials, Registry as Plugins};
+use kiln_sandbox::{Denials, HttpRequest, Registry as Plugins};
 
 use crate::plugins::SharedRegistry;
 use prometheus_client::collector::Collector;
@@ -67,6 +67,22 @@ struct QueueLabels {
 struct DenialLabels {
     plugin: Arc<str>,
     capability: &'static str,
+}
+
+/// Labels of `kiln_plugin_http_requests_total`: `grant` is the manifest
+/// entry the request matched (bounded by the manifests), never the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    plugin: Arc<str>,
+    grant: Arc<str>,
+    status_class: &'static str,
+}
+
+/// Labels of `kiln_plugin_http_request_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpDurationLabels {
+    plugin: Arc<str>,
+    grant: Arc<str>,
 }
 
 /// Labels of `kiln_plugin_reloads_total`.
@@ -140,6 +156,8 @@ pub struct JobMetrics {
     queue_wait: Family<QueueLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     denials: Family<DenialLabels, Counter>,
+    http: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpDurationLabels, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -161,6 +179,8 @@ impl JobMetrics {
             queue_wait: Family::new_with_constructor(queue_wait_histogram),
             in_flight: Gauge::default(),
             denials: Family::default(),
+            http: Family::default(),
+            http_duration: Family::new_with_constructor(duration_histogram),
             reloads: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -335,6 +355,31 @@ impl JobMetrics {
         }
     }
 
+    /// Counts the outgoing requests a run of a loaded plugin made, by the
+    /// grant each matched and its status class, and observes their
+    /// durations.
+    pub fn http_requests(&self, plugin: &str, requests: &[HttpRequest]) {
+        if requests.is_empty() {
+            return;
+        }
+        let plugin = self.label(plugin);
+        for r in requests {
+            self.http
+                .get_or_create(&HttpLabels {
+                    plugin: plugin.clone(),
+                    grant: r.grant.clone(),
+                    status_class: r.status_class(),
+                })
+                .inc();
+            self.http_duration
+                .get_or_create(&HttpDurationLabels {
+                    plugin: plugin.clone(),
+                    grant: r.grant.clone(),
+                })
+                .observe(r.duration.as_secs_f64());
+        }
+    }
+
     /// Marks a job as running until the guard is dropped.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
@@ -444,8 +489,19 @@ impl Exposition {
         );
         registry.register(
             "kiln_capability_denials",
-            "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted",
+            "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`, `http`), by plugin. File and environment attempts fail inside the guest and are not counted",
             jobs.denials.clone(),
+        );
+        registry.register(
+            "kiln_plugin_http_requests",
+            "Outgoing HTTP requests an outbound grant allowed, by plugin, the manifest grant they matched, and status class (`2xx`..., or `error` when no response came)",
+            jobs.http.clone(),
+        );
+        registry.register_with_unit(
+            "kiln_plugin_http_request_duration",
+            "Time from an allowed outgoing HTTP request to its response head (or failure), by plugin and grant",
+            Unit::Seconds,
+            jobs.http_duration.clone(),
         );
         registry.register(
             "kiln_jobs_in_flight",

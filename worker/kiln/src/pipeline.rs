@@ -137,7 +137,7 @@ impl Pipeline {
             timeout_ms: job.timeout_ms,
         };
         let version = plugin.version().to_string();
-        let (body, duration, fuel_used, instantiation, denials) = match &job.payload {
+        let (body, duration, fuel_used, instantiation, denials, http) = match &job.payload {
             Payload::Single(input) => {
                 let run = plugin.process(&ctx, input).await;
                 let body = match run.result {
@@ -150,6 +150,7 @@ impl Pipeline {
                     run.fuel_used,
                     run.instantiation,
                     run.denials,
+                    run.http,
                 )
             }
             Payload::Batch(inputs) => {
@@ -171,20 +172,27 @@ impl Pipeline {
                     run.fuel_used,
                     run.instantiation,
                     run.denials,
+                    run.http,
                 )
             }
         };
         if let Some(m) = &self.metrics {
             m.job_ran(plugin.name(), &version, duration, fuel_used, instantiation);
             m.capabilities_denied(plugin.name(), &denials);
+            m.http_requests(plugin.name(), &http);
         }
+        let http_requests = http.len() as u64;
         let reply = Reply {
             job_id: job.job_id.clone(),
             plugin: plugin.name().to_owned(),
             plugin_version: Some(version),
             body,
         };
-        self.finish(reply, attempt)
+        let mut handled = self.finish(reply, attempt);
+        if http_requests > 0 {
+            kiln_protocol::append_count(&mut handled.encoded, "http_requests", http_requests);
+        }
+        handled
     }
 
     fn finish(&self, reply: Reply, attempt: u32) -> Handled {

@@ -93,6 +93,10 @@ pub struct PluginRow {
     /// a plugin of `[registry] plugins`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::oci::Source>,
+    /// Its effective outbound HTTP grants (`[grants] outbound`, within the
+    /// operator's caps); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<String>,
 }
 
 /// An export of the `kiln:plugin` contract a plugin serves.
@@ -130,6 +134,12 @@ impl PluginRow {
             cache: plugin.cache_state(),
             exports,
             source: crate::oci::Source::of(plugin.path()),
+            outbound: plugin
+                .grants()
+                .outbound
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }
@@ -148,7 +158,8 @@ impl PluginsReport {
         self.errors.is_empty()
     }
 
-    /// The table `kiln plugins` prints: a header, one line per plugin, then
+    /// The table `kiln plugins` prints: a header, one line per plugin
+    /// (followed by an `  outbound: ` line when it has outbound grants), then
     /// one `error: ` line per file that failed to load.
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
@@ -174,6 +185,9 @@ impl PluginsReport {
                 exports.join(","),
                 p.path.display(),
             );
+            if !p.outbound.is_empty() {
+                let _ = writeln!(text, "  outbound: {}", p.outbound.join(", "));
+            }
         }
         for error in &self.errors {
             let _ = writeln!(text, "error: {error}");
@@ -198,6 +212,7 @@ mod tests {
                     cache: CacheState::CompiledInMemory,
                     exports: vec![Export::Plugin],
                     source: None,
+                    outbound: vec!["https://api.example.com".into()],
                 },
                 PluginRow {
                     name: "wordcount".into(),
@@ -207,6 +222,7 @@ mod tests {
                     cache: CacheState::Hit,
                     exports: vec![Export::Plugin, Export::Batch],
                     source: None,
+                    outbound: vec![],
                 },
             ],
             errors: vec!["plugin /plugins/x.wasm: cannot read: gone".into()],
@@ -227,6 +243,7 @@ mod tests {
                         "wasm_bytes": 4096,
                         "cache": "compiled-in-memory",
                         "exports": ["plugin"],
+                        "outbound": ["https://api.example.com"],
                     },
                     {
                         "name": "wordcount",
@@ -263,8 +280,10 @@ mod tests {
     #[test]
     fn the_table_has_a_line_per_plugin_then_the_errors() {
         let table = report().table();
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 4, "{table}");
+        let mut lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        // The plugin with outbound grants has them on a line of their own.
+        assert_eq!(lines.remove(2), "  outbound: https://api.example.com");
         assert!(lines[0].starts_with("NAME "), "{table}");
         assert!(lines[0].ends_with(" PATH"), "{table}");
         for (line, words) in [

@@ -197,6 +197,8 @@ pub fn init(log: &LogConfig) -> Telemetry {
             })
             .with_default(LevelFilter::WARN)
             .with_target("kiln_broker", LevelFilter::INFO)
+            // Plugins' outgoing HTTP requests (kiln_sandbox::http).
+            .with_target("kiln::http", LevelFilter::INFO)
             .with_target("kiln::cli", LevelFilter::INFO);
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("kiln"))
@@ -392,6 +394,20 @@ impl Throttle {
         let n = std::mem::take(&mut self.state().unreported);
         (n > 0).then_some(n)
     }
+}
+
+/// The W3C trace context of `span` as HTTP headers (`traceparent`, and
+/// `tracestate` when set): what a plugin's outgoing request carries.
+pub fn w3c_http_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    struct Collect(Vec<(String, String)>);
+    impl Injector for Collect {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_owned(), value));
+        }
+    }
+    let mut out = Collect(Vec::new());
+    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
+    out.0
 }
 
 /// W3C `traceparent`/`tracestate` in AMQP headers.

@@ -45,6 +45,10 @@ pub async fn run(
     trace: Arc<dyn TraceHeaders>,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
+    if trace.enabled() {
+        // Plugins' outgoing HTTP requests carry their client span's context.
+        kiln_sandbox::http::set_trace_injector(crate::telemetry::w3c_http_headers);
+    }
     let jobs = JobMetrics::new(&registry);
     let loaded: Vec<String> = registry
         .plugins()

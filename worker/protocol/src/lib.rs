@@ -20,7 +20,7 @@ pub use outcome::{
     admission, carried, disposition,
 };
 pub use reply::{
-    Handled, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,
+    Handled, ItemOk, Metadata, Reply, ReplyBody, Status, Success, append_count, encode_reply,
     encode_reply_checked,
 };
 

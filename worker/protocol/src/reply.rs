@@ -399,6 +399,21 @@ pub fn encode_reply_checked(reply: &Reply, max_reply_bytes: usize) -> (Vec<u8>, 
     )
 }
 
+/// Adds `"key": value` to an encoded reply (a JSON object), as its last
+/// field. For counts only some replies carry, such as `http_requests` (the
+/// outgoing HTTP requests the job made, present when there were any); the
+/// [`Reply`] type does not hold them, and readers ignore what they do not
+/// know. A buffer that does not end with `}` is left as it is.
+pub fn append_count(encoded: &mut Vec<u8>, key: &str, value: u64) {
+    if encoded.last() != Some(&b'}') {
+        return;
+    }
+    encoded.pop();
+    let empty = encoded.last() == Some(&b'{');
+    let field = format!("{}\"{key}\":{value}}}", if empty { "" } else { "," });
+    encoded.extend_from_slice(field.as_bytes());
+}
+
 /// What became of one attempt at a job.
 #[derive(Debug)]
 pub struct Handled {
@@ -782,5 +797,21 @@ mod tests {
                 prop_assert_eq!(back, reply);
             }
         }
+    }
+
+    #[test]
+    fn a_count_is_appended_as_the_last_field() {
+        let reply = Reply::error("j", "p", JobError::new(ErrorKind::Timeout, "t"));
+        let (mut encoded, _) = encode_reply_checked(&reply, 1 << 20);
+        append_count(&mut encoded, "http_requests", 3);
+        let value: serde_json::Value = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(value["http_requests"], 3, "{value}");
+        assert_eq!(value["job_id"], "j", "{value}");
+        let mut empty = b"{}".to_vec();
+        append_count(&mut empty, "n", 1);
+        assert_eq!(empty, br#"{"n":1}"#);
+        let mut junk = b"[1]".to_vec();
+        append_count(&mut junk, "n", 1);
+        assert_eq!(junk, b"[1]");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A plugin that reaches at run time for something it was not granted gets
 //! a typed WASI error. Where the attempt goes through the host (socket
-//! creation and name lookups, see [`crate::network`]), the host also records
+//! creation and name lookups, see [`crate::network`]; outgoing HTTP
+//! requests, see [`crate::http`]), the host also records
 //! it: one audit line per denial under the target `kiln::audit`, and a count
 //! per [`Capability`] in the job's [`Run`](crate::Run), which the worker
 //! turns into `kiln_capability_denials_total`. File and environment attempts
@@ -15,7 +16,7 @@
 //! line at the end of the job says how many went unlogged.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Denials of one store that are logged and kept with their detail; later
 /// ones are only counted.
@@ -33,18 +34,27 @@ pub enum Capability {
     Udp,
     /// Resolving a host name (`wasi:sockets/ip-name-lookup`).
     Dns,
+    /// An outgoing HTTP request (`wasi:http/outgoing-handler`) that no
+    /// outbound grant allows, or past the job's request budget.
+    Http,
 }
 
 impl Capability {
     /// Every capability, in a fixed order.
-    pub const ALL: [Capability; 3] = [Capability::Tcp, Capability::Udp, Capability::Dns];
+    pub const ALL: [Capability; 4] = [
+        Capability::Tcp,
+        Capability::Udp,
+        Capability::Dns,
+        Capability::Http,
+    ];
 
-    /// The label: `tcp`, `udp` or `dns`.
+    /// The label: `tcp`, `udp`, `dns` or `http`.
     pub fn as_str(self) -> &'static str {
         match self {
             Capability::Tcp => "tcp",
             Capability::Udp => "udp",
             Capability::Dns => "dns",
+            Capability::Http => "http",
         }
     }
 
@@ -53,6 +63,7 @@ impl Capability {
             Capability::Tcp => 0,
             Capability::Udp => 1,
             Capability::Dns => 2,
+            Capability::Http => 3,
         }
     }
 }
@@ -150,14 +161,16 @@ impl Denials {
     }
 }
 
-/// A store's audit trail: who runs, and the denials so far.
-#[derive(Debug)]
+/// A store's audit trail: who runs, and the denials so far. Clones share
+/// the trail (an HTTP request in flight records its denial after the host
+/// call that made it has returned).
+#[derive(Debug, Clone)]
 pub(crate) struct Audit {
     plugin: Arc<str>,
     /// Empty while the plugin's identity is being read at load.
     plugin_version: Arc<str>,
     job_id: Arc<str>,
-    denials: Denials,
+    denials: Arc<Mutex<Denials>>,
 }
 
 impl Audit {
@@ -166,16 +179,21 @@ impl Audit {
             plugin,
             plugin_version,
             job_id,
-            denials: Denials::default(),
+            denials: Arc::default(),
         }
     }
 
+    fn denials(&self) -> MutexGuard<'_, Denials> {
+        self.denials.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records a denial: counted always, logged while the budget lasts.
-    pub(crate) fn deny(&mut self, denial: Denial) {
-        if !self.denials.record(denial) {
+    pub(crate) fn deny(&self, denial: Denial) {
+        let mut denials = self.denials();
+        if !denials.record(denial) {
             return;
         }
-        let Some(d) = self.denials.audited().last() else {
+        let Some(d) = denials.audited().last() else {
             return;
         };
         tracing::warn!(
@@ -192,7 +210,7 @@ impl Audit {
     /// The denials so far, leaving none; logs one summary line when some
     /// were counted but not logged.
     pub(crate) fn take(&mut self) -> Denials {
-        let denials = std::mem::take(&mut self.denials);
+        let denials = std::mem::take(&mut *self.denials());
         let unaudited = denials.unaudited();
         if unaudited > 0 {
             tracing::warn!(
@@ -204,6 +222,7 @@ impl Audit {
                 tcp = denials.count(Capability::Tcp),
                 udp = denials.count(Capability::Udp),
                 dns = denials.count(Capability::Dns),
+                http = denials.count(Capability::Http),
                 "audit budget of {MAX_AUDITED} lines exhausted: further capability denials counted, not logged"
             );
         }
@@ -242,7 +261,7 @@ mod tests {
     #[test]
     fn labels_are_stable() {
         let labels: Vec<_> = Capability::ALL.iter().map(|c| c.as_str()).collect();
-        assert_eq!(labels, ["tcp", "udp", "dns"]);
+        assert_eq!(labels, ["tcp", "udp", "dns", "http"]);
         assert_eq!(Capability::Dns.to_string(), "dns");
     }
 

@@ -47,6 +47,26 @@ pub struct Caps {
     /// Host directories under which manifests may grant read-only access
     /// (symlinks resolved). Default: none, so no directory can be granted.
     pub allowed_dirs: Vec<PathBuf>,
+    /// The services manifests may grant outbound HTTP access to, in the
+    /// `[grants] outbound` syntax (`scheme://host[:port]`, host a name,
+    /// `*.domain` or an IP literal, port a number or `*`). A manifest entry
+    /// that no entry here covers is refused at load. Default: none, so no
+    /// plugin can reach anything.
+    pub outbound: Vec<crate::http::OutboundGrant>,
+    /// Lets a grant by name reach private addresses (loopback, RFC 1918,
+    /// ULA, link-local, CGNAT, cloud metadata) when the name resolves there.
+    /// Without it only a grant naming the IP literally reaches one.
+    /// Default: false.
+    pub allow_private_outbound: bool,
+    /// Most outgoing HTTP requests per job a manifest may ask for.
+    /// Default: `limits.max_requests`.
+    pub max_requests: Option<u32>,
+    /// Most response body bytes per job a manifest may ask for.
+    /// Default: `limits.max_response_bytes`.
+    pub max_response_bytes: Option<usize>,
+    /// Longest per-request timeout a manifest may ask for, in milliseconds.
+    /// Default: `limits.request_timeout_ms`.
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// Limits on every job. A job may ask for a shorter deadline, never a longer one.
@@ -86,6 +106,19 @@ pub struct Limits {
     /// Maximum wasm call-stack size, in bytes. Deep recursion past it traps
     /// with `stack-overflow`. Default: 512 KiB.
     pub max_wasm_stack_bytes: usize,
+    /// Outgoing HTTP requests a job may make (only a plugin with outbound
+    /// grants makes any); later ones are refused with
+    /// `HTTP-request-denied` and audited. Default: 16.
+    pub max_requests: u32,
+    /// Response body bytes a job may read over all its requests; the body
+    /// that passes it is cut there with `HTTP-response-body-size`.
+    /// Default: 4 MiB.
+    pub max_response_bytes: usize,
+    /// Longest one outgoing request may take from connect to its last body
+    /// byte, in milliseconds; the job's own deadline still applies.
+    /// Default: 5,000.
+    #[schemars(range(min = 1))]
+    pub request_timeout_ms: u64,
 }
 
 impl Limits {
@@ -108,6 +141,9 @@ impl Default for Limits {
             max_log_bytes: 64 << 10,
             max_stdio_bytes: 16 << 10,
             max_wasm_stack_bytes: 512 << 10,
+            max_requests: 16,
+            max_response_bytes: 4 << 20,
+            request_timeout_ms: 5_000,
         }
     }
 }

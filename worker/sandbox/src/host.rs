@@ -1,5 +1,6 @@
 //! What one job's `Store` holds, and the host side of the contract:
-//! `host-api` (log, get-config), a deny-by-default WASI context, the audit
+//! `host-api` (log, get-config), a deny-by-default WASI context (with
+//! `wasi:http` behind the outbound grants, `http/`), the audit
 //! trail of the capability denials the host sees, and the memory limiter
 //! that caps the instance's total linear memory.
 
@@ -11,12 +12,14 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::audit::{Audit, Denials};
 use crate::bindings::kiln::plugin::host_api::{self, LogLevel};
 use crate::bindings::kiln::plugin::types;
 use crate::config::Limits;
 use crate::engine::Ticking;
+use crate::http::{HttpRequest, Outbound, Policy};
 use crate::manifest::Grants;
 use crate::network::NetworkGate;
 use crate::stdio::GuestOutput;
@@ -36,6 +39,9 @@ pub(crate) struct JobState {
     plugin_config: Arc<BTreeMap<String, String>>,
     log: LogBudget,
     audit: Audit,
+    http: WasiHttpCtx,
+    /// Every outgoing request goes through it (`http/mod.rs`).
+    outbound: Outbound,
     /// Keeps the epoch ticker running while the store lives.
     _ticking: Ticking,
 }
@@ -91,6 +97,9 @@ impl JobState {
         }
         let wasi = builder.build();
         let audit = Audit::new(who.plugin.clone(), who.plugin_version, who.job_id.clone());
+        // `wasi:http` is linked for every plugin; a request leaves only
+        // through a grant (none by default).
+        let outbound = Outbound::new(Policy::new(who.grants, limits), audit.clone(), deadline);
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -104,6 +113,8 @@ impl JobState {
             plugin_config: who.plugin_config,
             log: LogBudget::new(limits.max_log_lines, limits.max_log_bytes),
             audit,
+            http: WasiHttpCtx::new(),
+            outbound,
             _ticking: ticking,
         }
     }
@@ -112,6 +123,12 @@ impl JobState {
     /// [`Audit::take`]).
     pub(crate) fn take_denials(&mut self) -> Denials {
         self.audit.take()
+    }
+
+    /// The outgoing requests that got an answer or failed on the way so
+    /// far, leaving none.
+    pub(crate) fn take_requests(&mut self) -> Vec<HttpRequest> {
+        self.outbound.take_requests()
     }
 
     /// What Kiln's `wasi:sockets` functions work on.
@@ -137,6 +154,16 @@ impl WasiView for JobState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod contract;
 mod engine;
 mod error;
 mod host;
+pub mod http;
 pub mod manifest;
 mod network;
 mod plugin;
@@ -35,6 +36,7 @@ pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
 pub use engine::EPOCH_TICK;
 pub use error::{Cause, JobFailure, LoadError, PluginErrorKind, SandboxError};
+pub use http::HttpRequest;
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
 pub use registry::{Registry, ResolveError, canary_bucket, wasm_files};
 
@@ -77,6 +79,7 @@ impl Sandbox {
         let mut linker = Linker::<JobState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| network::shadow_sockets(&mut linker))
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
         bindings::BatchTextPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Link(format!("{e:#}")))?;

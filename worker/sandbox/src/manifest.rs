@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::{Caps, Limits};
+use crate::http::OutboundGrant;
 
 /// What a manifest file holds. Unknown keys are rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -67,6 +68,12 @@ pub struct ManifestLimits {
     pub max_output_bytes: Option<usize>,
     /// Jobs of this plugin running at once; others wait for a turn.
     pub max_concurrency: Option<u32>,
+    /// Outgoing HTTP requests per job.
+    pub max_requests: Option<u32>,
+    /// Response body bytes read per job, over all its requests.
+    pub max_response_bytes: Option<usize>,
+    /// Longest one outgoing request may take, in milliseconds.
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// `[grants]`: nothing is granted unless listed here.
@@ -81,17 +88,26 @@ pub struct Grants {
     /// environment is never passed through).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Network access. Only `none` exists: an outbound allow-list is future
-    /// work.
+    /// Raw network access: only `none` exists (no sockets, no name
+    /// lookups), the same as leaving it out.
     #[serde(default)]
     pub network: Network,
+    /// The services the plugin may call over `wasi:http`,
+    /// `scheme://host[:port]` each (docs/SANDBOX.md, "Outbound HTTP"). Each
+    /// must lie within the operator's `sandbox.caps.outbound`.
+    #[serde(default)]
+    pub outbound: Vec<OutboundGrant>,
+    /// Set at load from `sandbox.caps.allow_private_outbound`: whether a
+    /// grant by name may reach a private address.
+    #[serde(skip)]
+    pub allow_private_outbound: bool,
 }
 
-/// Network access a manifest may ask for.
+/// Raw network access a manifest may ask for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// No sockets, no name lookups.
+    /// No sockets, no name lookups (HTTP goes through `outbound`).
     #[default]
     None,
 }
@@ -164,9 +180,15 @@ impl Manifest {
         clamp!(timeout_ms);
         clamp!(max_input_bytes);
         clamp!(max_output_bytes);
-        if limits.timeout_ms == 0 || limits.memory_bytes < 64 << 10 {
+        clamp!(max_requests);
+        clamp!(max_response_bytes);
+        clamp!(request_timeout_ms);
+        if limits.timeout_ms == 0
+            || limits.request_timeout_ms == 0
+            || limits.memory_bytes < 64 << 10
+        {
             return Err(format!(
-                "plugin {}: limits.timeout_ms must be at least 1 and limits.memory_bytes at least 65536",
+                "plugin {}: limits.timeout_ms and limits.request_timeout_ms must be at least 1 and limits.memory_bytes at least 65536",
                 self.name
             ));
         }
@@ -201,6 +223,23 @@ impl Manifest {
                     })
             })
             .collect::<Result<_, _>>()?;
+        if let Some(entry) = self
+            .grants
+            .outbound
+            .iter()
+            .find(|entry| !caps.outbound.iter().any(|cap| cap.covers(entry)))
+        {
+            return Err(format!(
+                "plugin {}: grants.outbound {:?} is not covered by the operator's caps (sandbox.caps.outbound = {:?})",
+                self.name,
+                entry.to_string(),
+                caps.outbound
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        grants.allow_private_outbound = caps.allow_private_outbound;
         Ok(Settings {
             limits,
             max_concurrency: wanted.max_concurrency,
@@ -366,5 +405,77 @@ mod tests {
         .resolve(&Limits::default(), &Caps::default())
         .unwrap_err();
         assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn outbound_grants_must_lie_within_the_caps() {
+        let caps = Caps {
+            outbound: vec![
+                "https://*.example.com".parse().unwrap(),
+                "http://127.0.0.1:*".parse().unwrap(),
+            ],
+            ..Caps::default()
+        };
+        let m = manifest(&format!(
+            "{HEAD}[grants]\nnetwork = \"none\"\noutbound = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]\n"
+        ))
+        .unwrap();
+        let s = m.resolve(&Limits::default(), &caps).unwrap();
+        assert_eq!(s.grants.outbound.len(), 2);
+        assert!(!s.grants.allow_private_outbound);
+
+        let m = manifest(&format!(
+            "{HEAD}[grants]\noutbound = [\"https://api.example.com\", \"https://evil.org\"]\n"
+        ))
+        .unwrap();
+        let err = m.resolve(&Limits::default(), &caps).unwrap_err();
+        for needle in [
+            "rot13",
+            "https://evil.org",
+            "sandbox.caps.outbound",
+            "*.example.com",
+        ] {
+            assert!(err.contains(needle), "{err}");
+        }
+        // No caps at all: nothing can be granted.
+        let m = manifest(&format!(
+            "{HEAD}[grants]\noutbound = [\"http://127.0.0.1:8080\"]\n"
+        ))
+        .unwrap();
+        let err = m.resolve(&Limits::default(), &Caps::default()).unwrap_err();
+        assert!(err.contains("sandbox.caps.outbound = []"), "{err}");
+        // A malformed entry fails to parse, naming it.
+        let err = manifest(&format!(
+            "{HEAD}[grants]\noutbound = [\"api.example.com\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("api.example.com") && err.contains("no scheme"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_budgets_are_capped_like_other_limits() {
+        let caps = Caps {
+            max_requests: Some(100),
+            ..Caps::default()
+        };
+        let m = manifest(&format!(
+            "{HEAD}[limits]\nmax_requests = 50\nmax_response_bytes = 1000\nrequest_timeout_ms = 200\n"
+        ))
+        .unwrap();
+        let s = m.resolve(&Limits::default(), &caps).unwrap();
+        assert_eq!(
+            (
+                s.limits.max_requests,
+                s.limits.max_response_bytes,
+                s.limits.request_timeout_ms
+            ),
+            (50, 1000, 200)
+        );
+        let m = manifest(&format!("{HEAD}[limits]\nrequest_timeout_ms = 60000\n")).unwrap();
+        let err = m.resolve(&Limits::default(), &caps).unwrap_err();
+        assert!(err.contains("sandbox.caps.request_timeout_ms"), "{err}");
     }
 }

@@ -19,12 +19,10 @@
 //! older 0.2 patch release reaches them through the linker's semver
 //! matching like any other WASI import.
 //!
-//! The network is never granted today. An outbound allow-list
-//! (`[grants] network`, an enum so that it can grow) would make this module
-//! the policy point: the create functions would hand out a socket only to a
-//! plugin with a list, its addresses checked against it (each refusal a
-//! [`Denial`] with the address as detail), and `resolve-addresses` would
-//! resolve only the names on it.
+//! Raw sockets are never granted. Outbound HTTP goes through `wasi:http`
+//! and the manifest's `[grants] outbound` ([`crate::http`]); these
+//! functions stay denied whatever it grants (a raw connection carries no
+//! scheme or host name to match a grant against).
 
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{

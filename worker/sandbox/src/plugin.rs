@@ -21,6 +21,7 @@ use crate::config::Limits;
 use crate::engine::TickerHandle;
 use crate::error::{JobFailure, LoadError, PluginErrorKind};
 use crate::host::{JobIdentity, JobState, MemoryCapReached};
+use crate::http::HttpRequest;
 use crate::manifest::{Canary, Grants, Settings};
 
 /// What a caller says about the job it runs.
@@ -60,6 +61,9 @@ pub struct Run<T> {
     /// saw them (socket creation, name lookups), over every instance the
     /// job used. Each was also logged under `kiln::audit`, within a budget.
     pub denials: Denials,
+    /// The outgoing HTTP requests its grants allowed, over every instance
+    /// the job used (at most `max_requests` per instance).
+    pub http: Vec<HttpRequest>,
 }
 
 /// The result of a single-input job.
@@ -244,6 +248,12 @@ impl Plugin {
         self.canary.as_ref()
     }
 
+    /// What the plugin's manifest grants (nothing without one): its
+    /// effective outbound grants are `grants().outbound`.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
     /// The limits this plugin's jobs run under.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -352,17 +362,19 @@ impl Plugin {
                 fuel_used: 0,
                 instantiation: Duration::ZERO,
                 denials: Denials::default(),
+                http: Vec::new(),
             };
         }
         let (mut store, deadline) = self.new_store(ctx);
+        let store_deadline = store.data().deadline;
         let mut instantiation = Duration::ZERO;
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instantiation = started.elapsed();
             let guest = self.plugin_exports.load(&mut store, &instance)?;
             guest.call_process(&mut store, input).await
-        }
-        .await;
+        };
+        let called = by_deadline(store_deadline, called).await;
         let result = self.finish(&store, called, deadline, |r| self.output(r));
         store.data().forward_stdio();
         Run {
@@ -371,6 +383,7 @@ impl Plugin {
             fuel_used: self.fuel_used(&store),
             instantiation,
             denials: store.data_mut().take_denials(),
+            http: store.data_mut().take_requests(),
         }
     }
 
@@ -391,6 +404,7 @@ impl Plugin {
                 fuel_used: 0,
                 instantiation: Duration::ZERO,
                 denials: Denials::default(),
+                http: Vec::new(),
             };
         }
         let Some(batch_exports) = &self.batch_exports else {
@@ -398,11 +412,13 @@ impl Plugin {
             let mut fuel_used = 0;
             let mut instantiation = Duration::ZERO;
             let mut denials = Denials::default();
+            let mut http = Vec::new();
             for input in inputs {
                 let run = self.process_one(ctx, input).await;
                 fuel_used += run.fuel_used;
                 instantiation += run.instantiation;
                 denials.merge(run.denials);
+                http.extend(run.http);
                 results.push(run.result);
             }
             return Run {
@@ -411,18 +427,20 @@ impl Plugin {
                 fuel_used,
                 instantiation,
                 denials,
+                http,
             };
         };
 
         let (mut store, deadline) = self.new_store(ctx);
+        let store_deadline = store.data().deadline;
         let mut instantiation = Duration::ZERO;
         let called = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instantiation = started.elapsed();
             let guest = batch_exports.load(&mut store, &instance)?;
             guest.call_process_batch(&mut store, inputs).await
-        }
-        .await;
+        };
+        let called = by_deadline(store_deadline, called).await;
         let result = self.finish(&store, called.map(Ok), deadline, |results: Vec<_>| {
             if results.len() != inputs.len() {
                 return Err(JobFailure::Plugin {
@@ -457,6 +475,7 @@ impl Plugin {
             fuel_used: self.fuel_used(&store),
             instantiation,
             denials: store.data_mut().take_denials(),
+            http: store.data_mut().take_requests(),
         }
     }
 
@@ -540,6 +559,20 @@ fn explain_mismatch(store: &mut Store<JobState>, instance: &Instance) -> Option<
         return Some(explain(BATCH_INTERFACE, "process-batch", e));
     }
     None
+}
+
+/// Races a job's call against its deadline. The epoch callback stops a
+/// guest running wasm; this stops one blocked in a host call (an HTTP
+/// request in flight, a sleep), which runs no wasm and so sees no epoch.
+/// Dropping the call's future abandons the instance, whose store the job
+/// drops anyway.
+async fn by_deadline<T>(
+    deadline: Instant,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or_else(|_| Err(DeadlinePassed.into()))
 }
 
 /// The error the epoch callback traps with once the deadline has passed.

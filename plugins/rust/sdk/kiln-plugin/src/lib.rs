@@ -5,7 +5,8 @@
 //! `kiln:plugin@0.1.0` contract in `wit/kiln-plugin.wit`): a plugin is a
 //! type that implements [`Plugin`], exported with [`export!`]. Logging and
 //! config are plain functions ([`log`], [`config`]) and macros ([`info!`]
-//! and friends).
+//! and friends); a plugin granted outbound access calls services with
+//! [`http::get`] and [`http::send`].
 //!
 //! ```ignore
 //! use kiln_plugin::{Error, Output, Plugin};
@@ -35,6 +36,8 @@
 #![warn(missing_docs)]
 
 use std::fmt;
+
+pub mod http;
 
 /// The bindings `wit-bindgen` generates. Not part of the API: [`export!`]
 /// is the way in.
