@@ -63,6 +63,12 @@ struct DenialLabels {
     capability: &'static str,
 }
 
+/// Labels of `kiln_instance_reuses_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReuseLabels {
+    plugin: Arc<str>,
+}
+
 /// Labels of `kiln_plugin_reloads_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
@@ -124,6 +130,7 @@ pub struct JobMetrics {
     instantiation: HistogramFamily,
     in_flight: Gauge,
     denials: Family<DenialLabels, Counter>,
+    reuses: Family<ReuseLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -144,6 +151,7 @@ impl JobMetrics {
             instantiation: Family::new_with_constructor(instantiation_histogram),
             in_flight: Gauge::default(),
             denials: Family::default(),
+            reuses: Family::default(),
             reloads: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -195,6 +203,11 @@ impl JobMetrics {
                     plugin: plugin.clone(),
                     version: version.clone(),
                     outcome,
+                }));
+            }
+            if p.reuse_jobs() > 1 {
+                drop(self.reuses.get_or_create(&ReuseLabels {
+                    plugin: plugin.clone(),
                 }));
             }
             for capability in kiln_sandbox::Capability::ALL {
@@ -308,6 +321,16 @@ impl JobMetrics {
         }
     }
 
+    /// Counts a job of a loaded plugin that ran in a warm instance (one
+    /// that had served an earlier job).
+    pub fn instance_reused(&self, plugin: &str) {
+        self.reuses
+            .get_or_create(&ReuseLabels {
+                plugin: self.label(plugin),
+            })
+            .inc();
+    }
+
     /// Marks a job as running until the guard is dropped.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
@@ -413,6 +436,11 @@ impl Exposition {
             "kiln_capability_denials",
             "Capabilities plugins reached for at run time without a grant and were refused by the host (`tcp`, `udp`, `dns`), by plugin. File and environment attempts fail inside the guest and are not counted",
             jobs.denials.clone(),
+        );
+        registry.register(
+            "kiln_instance_reuses",
+            "Jobs that ran in a warm instance, one that had served an earlier job (plugins with `[instances] reuse_jobs` above 1), by plugin",
+            jobs.reuses.clone(),
         );
         registry.register(
             "kiln_jobs_in_flight",
@@ -631,6 +659,22 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l == "# TYPE kiln_capability_denials counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn instance_reuses_count_per_plugin() {
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let exposition = Exposition::new(&jobs, plugins);
+        for _ in 0..3 {
+            jobs.instance_reused("warm");
+        }
+        let text = exposition.render();
+        assert_eq!(
+            value(&text, "kiln_instance_reuses_total{plugin=\"unknown\"}"),
+            Some(3.0),
             "{text}"
         );
     }

@@ -55,6 +55,15 @@ pub struct PluginRow {
     pub cache: CacheState,
     /// The worlds' exports it serves.
     pub exports: Vec<Export>,
+    /// Most jobs one instance serves (manifest `[instances] reuse_jobs`; 1
+    /// is a fresh instance per job, the default).
+    #[serde(default = "one")]
+    pub reuse_jobs: u32,
+}
+
+/// `reuse_jobs` in a report from a worker that predates it.
+fn one() -> u32 {
+    1
 }
 
 /// An export of the `kiln:plugin` contract a plugin serves.
@@ -91,6 +100,7 @@ impl PluginRow {
             wasm_bytes: plugin.wasm_bytes(),
             cache: plugin.cache_state(),
             exports,
+            reuse_jobs: plugin.reuse_jobs(),
         }
     }
 }
@@ -114,20 +124,21 @@ impl PluginsReport {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut text = format!(
-            "{:<24} {:<10} {:>10} {:<20} {:<14} PATH\n",
-            "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS"
+            "{:<24} {:<10} {:>10} {:<20} {:<14} {:>6} PATH\n",
+            "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS", "REUSE"
         );
         // Writing to a String cannot fail.
         for p in &self.plugins {
             let exports: Vec<&str> = p.exports.iter().map(|e| e.as_str()).collect();
             let _ = writeln!(
                 text,
-                "{:<24} {:<10} {:>10} {:<20} {:<14} {}",
+                "{:<24} {:<10} {:>10} {:<20} {:<14} {:>6} {}",
                 p.name,
                 p.version.to_string(),
                 p.wasm_bytes,
                 p.cache.as_str(),
                 exports.join(","),
+                p.reuse_jobs,
                 p.path.display(),
             );
         }
@@ -153,6 +164,7 @@ mod tests {
                     wasm_bytes: 4096,
                     cache: CacheState::CompiledInMemory,
                     exports: vec![Export::Plugin],
+                    reuse_jobs: 1,
                 },
                 PluginRow {
                     name: "wordcount".into(),
@@ -161,6 +173,7 @@ mod tests {
                     wasm_bytes: 123,
                     cache: CacheState::Hit,
                     exports: vec![Export::Plugin, Export::Batch],
+                    reuse_jobs: 1000,
                 },
             ],
             errors: vec!["plugin /plugins/x.wasm: cannot read: gone".into()],
@@ -181,6 +194,7 @@ mod tests {
                         "wasm_bytes": 4096,
                         "cache": "compiled-in-memory",
                         "exports": ["plugin"],
+                        "reuse_jobs": 1,
                     },
                     {
                         "name": "wordcount",
@@ -189,6 +203,7 @@ mod tests {
                         "wasm_bytes": 123,
                         "cache": "hit",
                         "exports": ["plugin", "batch"],
+                        "reuse_jobs": 1000,
                     },
                 ],
                 "errors": ["plugin /plugins/x.wasm: cannot read: gone"],
@@ -230,6 +245,7 @@ mod tests {
                     "4096",
                     "compiled-in-memory",
                     "plugin",
+                    "1",
                     "/plugins/uppercase.wasm",
                 ],
             ),
@@ -241,6 +257,7 @@ mod tests {
                     "123",
                     "hit",
                     "plugin,batch",
+                    "1000",
                     "/plugins/wordcount.wasm",
                 ],
             ),

@@ -18,7 +18,7 @@ pub use outcome::{
     admission, carried, disposition,
 };
 pub use reply::{
-    Handled, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,
+    Handled, InstanceUse, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,
     encode_reply_checked,
 };
 

@@ -18,6 +18,7 @@ pub mod contract;
 mod engine;
 mod error;
 mod host;
+mod instances;
 pub mod manifest;
 mod network;
 mod plugin;
@@ -33,7 +34,7 @@ use wasmtime::component::{HasSelf, Linker};
 pub use audit::{Capability, Denial, Denials, MAX_AUDITED};
 pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
-pub use engine::EPOCH_TICK;
+pub use engine::{EPOCH_TICK, keep_resident_bytes};
 pub use error::{Cause, JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
 pub use registry::{Registry, ResolveError, canary_bucket, wasm_files};
@@ -147,6 +148,8 @@ impl Sandbox {
             ticker: self.ticker.handle(),
             limits: self.limits.clone(),
             plugin_configs: &self.config.plugin_config,
+            idle_timeout: std::time::Duration::from_millis(self.config.pool.idle_timeout_ms),
+            max_instances: self.config.pool.max_instances,
         })
         .await?;
         if let (Some(settings), Some(manifest)) = (settings, manifest) {
