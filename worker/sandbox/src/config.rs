@@ -148,9 +148,9 @@ pub struct PoolConfig {
     /// which is 8 MiB (at most the memory slot) with `PAGEMAP_SCAN` and
     /// 128 KiB without it.
     pub keep_resident_bytes: Option<usize>,
-    /// How long a warm instance (a plugin with `[instances] reuse_jobs` above
-    /// 1) may sit idle before it is dropped and its pool slot freed, in
-    /// milliseconds. Default: 30,000 (30 s).
+    /// How long a warm instance (of a plugin whose `[instances] reuse_jobs`
+    /// is above one) may sit idle before it is dropped and its pool slot
+    /// freed, in milliseconds. Default: 30,000 (30 s).
     #[schemars(range(min = 1))]
     pub idle_timeout_ms: u64,
 }
