@@ -156,6 +156,7 @@ fn reply_setup() -> Reply {
         job_id: "bench-1".to_owned(),
         plugin: PLUGIN.to_owned(),
         plugin_version: Some("1.0.0".to_owned()),
+        instance: None,
         body: ReplyBody::Ok(Success {
             output: text.to_uppercase(),
             metadata,

@@ -5,32 +5,42 @@
 //!
 //! - `.wasm` and `.cwasm` bytes (the component, and what wasmtime compiles
 //!   it to: `Engine::precompile_component`);
-//! - compile time (median of 3) and verified cache-load time (median of 20),
-//!   measured as `benches/sandbox.rs` measures them;
+//! - compile time (median of 3; a cold start compiles each plugin once) and
+//!   verified cache-load time (median of 20);
 //! - a whole job on a fresh instance at 200 B (`Plugin::process`, mode
 //!   `upper`, fuel and epoch on): median and p99 of 300 after 20 warm-ups,
-//!   with the fuel one job burns;
-//! - jobs/s through the embedded pipeline: `kiln run --jobs` on 2,000 jobs of
-//!   200 B (the records `cargo xtask jobs 2000 200 textcase-<lang>` writes,
-//!   with `mode=upper`), on a warm cache, as kiln's own summary line reports.
+//!   split into instantiation (`Run::instantiation`: store, memory image,
+//!   the guest's start-up code) and the call, with the minor page faults
+//!   per job (`/proc/self/stat`) and the fuel one job burns; then the same
+//!   job in a warm instance (`[instances] reuse_jobs = 1000`);
+//! - jobs/s through the embedded pipeline (`kiln run --jobs`, warm cache),
+//!   fresh and with `reuse_jobs = 1000`, as kiln's own summary line reports:
+//!   every language in each of `KILN_BENCH_ROUNDS` rounds (default 3),
+//!   side by side, the median kept, and its ratio to Rust fresh. The jobs
+//!   are 200 B in mode `upper`, with every tenth job a row of the golden
+//!   table (`plugins/golden/textcase.json`, every mode), and every reply is
+//!   checked against its expected output.
 //!
-//! Run with `cargo bench -p kiln-integration-tests --bench languages`; it
-//! prints a Markdown table.
+//! Run with `cargo bench --release --workspace --bench languages`; it prints
+//! Markdown tables.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_integration_tests::{TEXTCASE_LANGUAGES, ctx, job_text, textcase_artifact};
-use kiln_sandbox::{CacheConfig, ComponentCache, Limits};
+use kiln_sandbox::{CacheConfig, Caps, ComponentCache, Limits, Sandbox};
+use serde_json::{Value, json};
 
-const JOBS: usize = 2_000;
 const BYTES: usize = 200;
+/// Most jobs one instance serves in the reuse runs.
+const REUSE: u32 = 1000;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
 }
@@ -62,7 +72,16 @@ fn kb(bytes: usize) -> String {
     }
 }
 
-/// One language's row.
+/// Minor page faults of this process so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name may hold spaces: count fields after its `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One language's in-process figures.
 struct Row {
     lang: &'static str,
     wasm: usize,
@@ -71,8 +90,24 @@ struct Row {
     cache_load: Duration,
     job_median: Duration,
     job_p99: Duration,
+    instantiation: Duration,
+    call: Duration,
+    faults: f64,
     fuel: u64,
-    jobs_per_s: String,
+    reuse_median: Duration,
+}
+
+/// A sandbox that allows reuse, for `plugin` (copied with a manifest asking
+/// for `reuse_jobs` into `dir`).
+fn reusing(dir: &Path, path: &Path, lang: &str, version: &str, reuse: u32) -> PathBuf {
+    let to = dir.join(path.file_name().unwrap());
+    std::fs::copy(path, &to).unwrap();
+    std::fs::write(
+        to.with_extension("toml"),
+        format!("name = \"textcase-{lang}\"\nversion = \"{version}\"\n[instances]\nreuse_jobs = {reuse}\n"),
+    )
+    .unwrap();
+    to
 }
 
 fn measure(lang: &'static str, path: &Path) -> Row {
@@ -80,7 +115,12 @@ fn measure(lang: &'static str, path: &Path) -> Row {
         .enable_all()
         .build()
         .unwrap();
-    let sandbox = kiln_integration_tests::sandbox(Limits::default());
+    let mut config = kiln_integration_tests::config(Limits::default());
+    config.caps = Caps {
+        reuse_jobs: Some(REUSE),
+        ..Caps::default()
+    };
+    let sandbox = Sandbox::new(config).unwrap();
     let engine = sandbox.engine();
     let wasm = std::fs::read(path).unwrap();
 
@@ -121,12 +161,29 @@ fn measure(lang: &'static str, path: &Path) -> Row {
         assert_eq!(run.result.unwrap().output, expected, "{lang}");
         fuel = run.fuel_used;
     }
-    let jobs: Vec<Duration> = (0..300)
+    let faults_before = minor_faults();
+    let mut jobs = Vec::new();
+    let mut instantiations = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        let run = rt.block_on(plugin.process(&job, black_box(&text)));
+        jobs.push(t.elapsed());
+        instantiations.push(run.instantiation);
+        calls.push(run.duration.saturating_sub(run.instantiation));
+        black_box(run.result.unwrap());
+    }
+    let faults = (minor_faults() - faults_before) as f64 / 300.0;
+
+    let version = plugin.version().to_string();
+    drop(plugin);
+    let warm = reusing(dir.path(), path, lang, &version, REUSE);
+    let plugin = rt.block_on(sandbox.load_file(&warm)).unwrap();
+    let reused: Vec<Duration> = (0..1000)
         .map(|_| {
-            let t = Instant::now();
             let run = rt.block_on(plugin.process(&job, black_box(&text)));
-            black_box(run.result.unwrap());
-            t.elapsed()
+            assert_eq!(run.result.unwrap().output, expected, "{lang}");
+            run.duration
         })
         .collect();
 
@@ -138,64 +195,163 @@ fn measure(lang: &'static str, path: &Path) -> Row {
         cache_load: median(loads),
         job_median: median(jobs.clone()),
         job_p99: percentile(jobs, 0.99),
+        instantiation: median(instantiations),
+        call: median(calls),
+        faults,
         fuel,
-        jobs_per_s: pipeline(lang, path),
+        reuse_median: median(reused),
     }
 }
 
-/// `kiln run --jobs` on JOBS jobs of BYTES bytes; kiln's own summary line
-/// gives the rate. The plugin is alone in its directory, the cache warm.
-fn pipeline(lang: &str, path: &Path) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(path, plugins.join(format!("textcase-{lang}.wasm"))).unwrap();
-    let cache = dir.path().join("cache");
-    let kiln = || {
+/// A golden value: a string, or `{"repeat", "times", "then"?}`.
+fn golden_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            let unit = o["repeat"].as_str().unwrap();
+            let times = usize::try_from(o["times"].as_u64().unwrap()).unwrap();
+            let then = o.get("then").and_then(Value::as_str).unwrap_or("");
+            let mut s = unit.repeat(times);
+            s.push_str(then);
+            s
+        }
+        other => panic!("bad golden value {other}"),
+    }
+}
+
+/// Every row of the golden table in every mode, with `lang`'s documented
+/// differences: (input, mode, expected output).
+fn golden_cases(lang: &str) -> Vec<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/golden/textcase.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let diffs = &g["runtime_differences"][lang];
+    let mut cases = Vec::new();
+    for row in g["rows"].as_array().unwrap() {
+        let name = row["name"].as_str().unwrap();
+        for mode in g["modes"].as_array().unwrap() {
+            let mode = mode.as_str().unwrap();
+            let expected = diffs[name][mode]
+                .as_str()
+                .map_or_else(|| golden_text(&row["expected"][mode]), str::to_owned);
+            cases.push((golden_text(&row["input"]), mode.to_owned(), expected));
+        }
+    }
+    cases
+}
+
+/// One `kiln run --jobs` set-up: a plugins directory holding only
+/// `textcase-<lang>` (with a reuse manifest if asked), its warm cache, and
+/// its jobs file with the expected output of every job.
+struct Pipeline {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    jobs: PathBuf,
+    expected: BTreeMap<String, String>,
+}
+
+impl Pipeline {
+    fn new(lang: &str, path: &Path, version: &str, reuse: u32, count: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        if reuse > 1 {
+            reusing(&plugins, path, lang, version, reuse);
+        } else {
+            std::fs::copy(path, plugins.join(path.file_name().unwrap())).unwrap();
+        }
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "plugins_dir = {:?}\n[sandbox.caps]\nreuse_jobs = {REUSE}\n[sandbox.cache]\ndir = {:?}\n",
+                plugins.display().to_string(),
+                dir.path().join("cache").display().to_string()
+            ),
+        )
+        .unwrap();
+        let text = job_text(BYTES);
+        let golden = golden_cases(lang);
+        let mut body = String::new();
+        let mut expected = BTreeMap::new();
+        for i in 0..count {
+            let id = format!("job-{i}");
+            let (input, mode, output) = if i % 10 == 9 {
+                golden[(i / 10) % golden.len()].clone()
+            } else {
+                (text.clone(), "upper".to_owned(), text.to_uppercase())
+            };
+            let job = json!({
+                "job_id": id,
+                "plugin": format!("textcase-{lang}"),
+                "input": input,
+                "config": {"mode": mode},
+            });
+            body.push_str(&job.to_string());
+            body.push('\n');
+            expected.insert(id, output);
+        }
+        let jobs = dir.path().join("jobs.jsonl");
+        std::fs::write(&jobs, body).unwrap();
+        let this = Self {
+            dir,
+            config,
+            jobs,
+            expected,
+        };
+        // Warm the cache.
+        let out = this.kiln().arg("plugins").output().unwrap();
+        assert!(out.status.success(), "kiln plugins failed for {lang}");
+        this
+    }
+
+    fn kiln(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-under-test"));
-        cmd.arg("--plugins")
-            .arg(&plugins)
-            .arg("--cache")
-            .arg(&cache)
+        cmd.arg("--config-file")
+            .arg(&self.config)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         cmd
-    };
-    let warm = kiln().arg("plugins").output().unwrap();
-    assert!(warm.status.success(), "kiln plugins failed for {lang}");
-    let text = job_text(BYTES);
-    let mut body = String::new();
-    for i in 0..JOBS {
-        let job = serde_json::json!({
-            "job_id": format!("job-{i}"),
-            "plugin": format!("textcase-{lang}"),
-            "input": text,
-            "config": {"mode": "upper"},
-        });
-        body.push_str(&job.to_string());
-        body.push('\n');
     }
-    let jobs = dir.path().join("jobs.jsonl");
-    std::fs::write(&jobs, body).unwrap();
-    let out = kiln()
-        .arg("run")
-        .arg("--jobs")
-        .arg(&jobs)
-        .arg("--out")
-        .arg(dir.path().join("replies.jsonl"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kiln run failed for {lang}: {stderr}");
-    // "kiln: 2000 jobs in 0.512 s (3906 jobs/s), ok: 2000, ..."
-    stderr
-        .lines()
-        .find_map(|l| {
-            let start = l.find(" (")? + 2;
-            let end = l.find(" jobs/s)")?;
-            l.starts_with("kiln: ").then(|| l[start..end].to_owned())
-        })
-        .unwrap_or_else(|| panic!("no summary line from kiln run for {lang}: {stderr}"))
+
+    /// One run: kiln's jobs/s, after checking every reply.
+    fn run(&self, what: &str) -> f64 {
+        let replies = self.dir.path().join("replies.jsonl");
+        let out = self
+            .kiln()
+            .arg("run")
+            .arg("--jobs")
+            .arg(&self.jobs)
+            .arg("--out")
+            .arg(&replies)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kiln run failed for {what}: {stderr}");
+        let text = std::fs::read_to_string(&replies).unwrap();
+        let mut seen = 0;
+        for line in text.lines() {
+            let reply: Value = serde_json::from_str(line).unwrap();
+            let id = reply["job_id"].as_str().unwrap();
+            assert_eq!(
+                reply["output"].as_str(),
+                Some(self.expected[id].as_str()),
+                "{what}: {reply}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, self.expected.len(), "{what}: every job answered");
+        // "kiln: 2000 jobs in 0.512 s (3906 jobs/s), ok: 2000, ..."
+        stderr
+            .lines()
+            .find_map(|l| {
+                let start = l.find(" (")? + 2;
+                let end = l.find(" jobs/s)")?;
+                l.starts_with("kiln: ")
+                    .then(|| l[start..end].parse().ok())
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no summary line from kiln run for {what}: {stderr}"))
+    }
 }
 
 fn main() {
@@ -204,26 +360,79 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let mut rows = Vec::new();
+    let rounds: usize = std::env::var("KILN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let mut langs = Vec::new();
     for lang in TEXTCASE_LANGUAGES {
         let path = textcase_artifact(lang);
-        if !path.is_file() {
+        if path.is_file() {
+            langs.push((lang, path));
+        } else {
             eprintln!(
                 "skipping {lang}: {} is missing (cargo xtask plugins --all)",
                 path.display()
             );
-            continue;
         }
-        eprintln!("measuring textcase-{lang}");
-        rows.push(measure(lang, &path));
     }
+    let mut rows = Vec::new();
+    for (lang, path) in &langs {
+        eprintln!("measuring textcase-{lang} in process");
+        rows.push(measure(lang, path));
+    }
+
+    // The pipeline runs: fresh and reuse for every language, side by side
+    // in each round.
+    let mut runs: Vec<(&str, &str, Pipeline, Vec<f64>)> = Vec::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (lang, path) in &langs {
+        let sandbox = kiln_integration_tests::sandbox(Limits::default());
+        let version = rt
+            .block_on(sandbox.load_file(path))
+            .unwrap()
+            .version()
+            .to_string();
+        let heavy = !matches!(*lang, "rust" | "c");
+        let fresh_jobs = if heavy { 3_000 } else { 20_000 };
+        runs.push((
+            lang,
+            "fresh",
+            Pipeline::new(lang, path, &version, 1, fresh_jobs),
+            Vec::new(),
+        ));
+        runs.push((
+            lang,
+            "reuse",
+            Pipeline::new(lang, path, &version, REUSE, 20_000),
+            Vec::new(),
+        ));
+    }
+    for round in 0..rounds {
+        for (lang, kind, pipeline, rates) in &mut runs {
+            let rate = pipeline.run(&format!("{lang} {kind}"));
+            eprintln!("round {round}: textcase-{lang} {kind}: {rate:.0} jobs/s");
+            rates.push(rate);
+        }
+    }
+    let rate = |lang: &str, kind: &str| -> f64 {
+        runs.iter()
+            .find(|(l, k, ..)| *l == lang && *k == kind)
+            .map_or(0.0, |(.., rates)| {
+                let mut r = rates.clone();
+                r.sort_by(f64::total_cmp);
+                r[r.len() / 2]
+            })
+    };
+    let rust_fresh = rate("rust", "fresh");
+
     println!(
-        "| language | .wasm | .cwasm | compile | cache load | fresh instance per job, 200 B (median / p99) | fuel per job | jobs/s, embedded ({JOBS} × {BYTES} B) |"
+        "| language | .wasm | .cwasm | compile | cache load | fresh job, 200 B (median / p99) | of which instantiation / call | minor faults per job | fuel per job | warm-instance job (median) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for r in rows {
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
         println!(
-            "| {} | {} ({} B) | {} | {} | {} | {} / {} | {} | {} |",
+            "| {} | {} ({} B) | {} | {} | {} | {} / {} | {} / {} | {:.0} | {} | {} |",
             r.lang,
             kb(r.wasm),
             r.wasm,
@@ -232,8 +441,24 @@ fn main() {
             us(r.cache_load),
             us(r.job_median),
             us(r.job_p99),
+            us(r.instantiation),
+            us(r.call),
+            r.faults,
             r.fuel,
-            r.jobs_per_s
+            us(r.reuse_median),
+        );
+    }
+    println!();
+    println!(
+        "| language | fresh jobs/s | vs Rust fresh | reuse_jobs = {REUSE}: jobs/s | vs Rust fresh | rounds |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (lang, _) in &langs {
+        let (fresh, reuse) = (rate(lang, "fresh"), rate(lang, "reuse"));
+        println!(
+            "| {lang} | {fresh:.0} | 1/{:.1} | {reuse:.0} | 1/{:.1} | {rounds} |",
+            rust_fresh / fresh,
+            rust_fresh / reuse,
         );
     }
 }

@@ -205,6 +205,7 @@ mod tests {
                 job_id: "j1".into(),
                 plugin: "upper".into(),
                 plugin_version: Some("1.0.0".into()),
+                instance: None,
                 body: ReplyBody::Ok(Success {
                     output: "X".into(),
                     metadata: Metadata::default(),

@@ -340,7 +340,8 @@ impl KilnConfig {
         let limits = &self.sandbox.limits;
         let pool = &self.sandbox.pool;
         slots * limits.memory_bytes as u64
-            + u64::from(pool.max_instances) * pool.keep_resident_bytes as u64
+            + u64::from(pool.max_instances)
+                * kiln_sandbox::keep_resident_bytes(&self.sandbox) as u64
     }
 
     /// Settings that load but will hurt in production, given the container's
@@ -357,7 +358,7 @@ impl KilnConfig {
                 self.pipeline.effective_concurrency(),
                 self.sandbox.limits.memory_bytes,
                 self.sandbox.pool.max_instances,
-                self.sandbox.pool.keep_resident_bytes,
+                kiln_sandbox::keep_resident_bytes(&self.sandbox),
             ));
         }
         warnings

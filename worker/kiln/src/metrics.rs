@@ -85,6 +85,12 @@ struct HttpDurationLabels {
     grant: Arc<str>,
 }
 
+/// Labels of `kiln_instance_reuses_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReuseLabels {
+    plugin: Arc<str>,
+}
+
 /// Labels of `kiln_plugin_reloads_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
@@ -158,6 +164,7 @@ pub struct JobMetrics {
     denials: Family<DenialLabels, Counter>,
     http: Family<HttpLabels, Counter>,
     http_duration: Family<HttpDurationLabels, Histogram, fn() -> Histogram>,
+    reuses: Family<ReuseLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -181,6 +188,7 @@ impl JobMetrics {
             denials: Family::default(),
             http: Family::default(),
             http_duration: Family::new_with_constructor(duration_histogram),
+            reuses: Family::default(),
             reloads: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -232,6 +240,11 @@ impl JobMetrics {
                     plugin: plugin.clone(),
                     version: version.clone(),
                     outcome,
+                }));
+            }
+            if p.reuse_jobs() > 1 {
+                drop(self.reuses.get_or_create(&ReuseLabels {
+                    plugin: plugin.clone(),
                 }));
             }
             for capability in kiln_sandbox::Capability::ALL {
@@ -380,6 +393,16 @@ impl JobMetrics {
         }
     }
 
+    /// Counts a job of a loaded plugin that ran in a warm instance (one
+    /// that had served an earlier job).
+    pub fn instance_reused(&self, plugin: &str) {
+        self.reuses
+            .get_or_create(&ReuseLabels {
+                plugin: self.label(plugin),
+            })
+            .inc();
+    }
+
     /// Marks a job as running until the guard is dropped.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
@@ -502,6 +525,11 @@ impl Exposition {
             "Time from an allowed outgoing HTTP request to its response head (or failure), by plugin and grant",
             Unit::Seconds,
             jobs.http_duration.clone(),
+);
+        registry.register(
+            "kiln_instance_reuses",
+            "Jobs that ran in a warm instance, one that had served an earlier job (plugins with `[instances] reuse_jobs` above 1), by plugin",
+            jobs.reuses.clone(),
         );
         registry.register(
             "kiln_jobs_in_flight",
@@ -733,6 +761,22 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l == "# TYPE kiln_capability_denials counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn instance_reuses_count_per_plugin() {
+        let plugins = shared(Plugins::default());
+        let jobs = JobMetrics::new(&plugins.load());
+        let exposition = Exposition::new(&jobs, plugins);
+        for _ in 0..3 {
+            jobs.instance_reused("warm");
+        }
+        let text = exposition.render();
+        assert_eq!(
+            value(&text, "kiln_instance_reuses_total{plugin=\"unknown\"}"),
+            Some(3.0),
             "{text}"
         );
     }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use kiln_protocol::{
-    DecodeLimits, Envelope, ErrorKind, Handled, ItemOk, Job, JobError, Payload, Reply, ReplyBody,
-    RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
+    DecodeLimits, Envelope, ErrorKind, Handled, InstanceUse, ItemOk, Job, JobError, Payload, Reply,
+    ReplyBody, RetryPolicy, Success, decode_job, disposition, encode_reply_checked,
 };
 use kiln_sandbox::{JobContext, JobFailure, Output, PluginErrorKind, Registry, ResolveError};
 
@@ -137,7 +137,7 @@ impl Pipeline {
             timeout_ms: job.timeout_ms,
         };
         let version = plugin.version().to_string();
-        let (body, duration, fuel_used, instantiation, denials, http) = match &job.payload {
+        let (body, duration, fuel_used, instantiation, denials, http, reused) = match &job.payload {
             Payload::Single(input) => {
                 let run = plugin.process(&ctx, input).await;
                 let body = match run.result {
@@ -151,6 +151,7 @@ impl Pipeline {
                     run.instantiation,
                     run.denials,
                     run.http,
+                    run.reused,
                 )
             }
             Payload::Batch(inputs) => {
@@ -173,6 +174,7 @@ impl Pipeline {
                     run.instantiation,
                     run.denials,
                     run.http,
+                    run.reused,
                 )
             }
         };
@@ -180,12 +182,22 @@ impl Pipeline {
             m.job_ran(plugin.name(), &version, duration, fuel_used, instantiation);
             m.capabilities_denied(plugin.name(), &denials);
             m.http_requests(plugin.name(), &http);
+            if reused {
+                m.instance_reused(plugin.name());
+            }
         }
         let http_requests = http.len() as u64;
+        // Only plugins that may reuse instances say which one ran the job.
+        let instance = (plugin.reuse_jobs() > 1).then_some(if reused {
+            InstanceUse::Reused
+        } else {
+            InstanceUse::Fresh
+        });
         let reply = Reply {
             job_id: job.job_id.clone(),
             plugin: plugin.name().to_owned(),
             plugin_version: Some(version),
+            instance,
             body,
         };
         let mut handled = self.finish(reply, attempt);

@@ -97,6 +97,15 @@ pub struct PluginRow {
     /// operator's caps); absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbound: Vec<String>,
+    /// Most jobs one instance serves (manifest `[instances] reuse_jobs`; 1
+    /// is a fresh instance per job, the default).
+    #[serde(default = "one")]
+    pub reuse_jobs: u32,
+}
+
+/// `reuse_jobs` in a report from a worker that predates it.
+fn one() -> u32 {
+    1
 }
 
 /// An export of the `kiln:plugin` contract a plugin serves.
@@ -140,6 +149,7 @@ impl PluginRow {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            reuse_jobs: plugin.reuse_jobs(),
         }
     }
 }
@@ -164,8 +174,8 @@ impl PluginsReport {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut text = format!(
-            "{:<24} {:<10} {:>10} {:<20} {:<14} PATH\n",
-            "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS"
+            "{:<24} {:<10} {:>10} {:<20} {:<14} {:>6} PATH\n",
+            "NAME", "VERSION", "SIZE", "CACHE", "EXPORTS", "REUSE"
         );
         // Writing to a String cannot fail.
         for p in &self.plugins {
@@ -177,12 +187,13 @@ impl PluginsReport {
                 .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "{:<24} {:<10} {:>10} {:<20} {:<14} {}{source}",
+                "{:<24} {:<10} {:>10} {:<20} {:<14} {:>6} {}{source}",
                 p.name,
                 p.version.to_string(),
                 p.wasm_bytes,
                 p.cache.as_str(),
                 exports.join(","),
+                p.reuse_jobs,
                 p.path.display(),
             );
             if !p.outbound.is_empty() {
@@ -213,6 +224,7 @@ mod tests {
                     exports: vec![Export::Plugin],
                     source: None,
                     outbound: vec!["https://api.example.com".into()],
+                    reuse_jobs: 1,
                 },
                 PluginRow {
                     name: "wordcount".into(),
@@ -223,6 +235,7 @@ mod tests {
                     exports: vec![Export::Plugin, Export::Batch],
                     source: None,
                     outbound: vec![],
+                    reuse_jobs: 1000,
                 },
             ],
             errors: vec!["plugin /plugins/x.wasm: cannot read: gone".into()],
@@ -244,6 +257,7 @@ mod tests {
                         "cache": "compiled-in-memory",
                         "exports": ["plugin"],
                         "outbound": ["https://api.example.com"],
+                        "reuse_jobs": 1,
                     },
                     {
                         "name": "wordcount",
@@ -252,6 +266,7 @@ mod tests {
                         "wasm_bytes": 123,
                         "cache": "hit",
                         "exports": ["plugin", "batch"],
+                        "reuse_jobs": 1000,
                     },
                 ],
                 "errors": ["plugin /plugins/x.wasm: cannot read: gone"],
@@ -295,6 +310,7 @@ mod tests {
                     "4096",
                     "compiled-in-memory",
                     "plugin",
+                    "1",
                     "/plugins/uppercase.wasm",
                 ],
             ),
@@ -306,6 +322,7 @@ mod tests {
                     "123",
                     "hit",
                     "plugin,batch",
+                    "1000",
                     "/plugins/wordcount.wasm",
                 ],
             ),

@@ -154,6 +154,7 @@ impl RequestError {
             job_id: self.job_id.clone(),
             plugin: self.plugin.clone().unwrap_or_default(),
             plugin_version: None,
+            instance: None,
             body: ReplyBody::Error(self.error.clone()),
         }
     }
@@ -165,6 +166,7 @@ impl From<RequestError> for Reply {
             job_id: error.job_id,
             plugin: error.plugin.unwrap_or_default(),
             plugin_version: None,
+            instance: None,
             body: ReplyBody::Error(error.error),
         }
     }

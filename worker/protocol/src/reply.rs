@@ -89,6 +89,17 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// Which instance served a job of a plugin with warm instances
+/// (`[instances] reuse_jobs` above 1): the reply's `instance` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceUse {
+    /// A new instance, created for this job.
+    Fresh,
+    /// A warm instance that had served an earlier job.
+    Reused,
+}
+
 /// The reply to one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -98,6 +109,10 @@ pub struct Reply {
     pub plugin: String,
     /// The version of the plugin that ran, when known.
     pub plugin_version: Option<String>,
+    /// Which instance ran the job; set only for plugins that reuse
+    /// instances, so replies of the default (a fresh instance per job) stay
+    /// as they were.
+    pub instance: Option<InstanceUse>,
     /// The outcome.
     pub body: ReplyBody,
 }
@@ -109,6 +124,7 @@ impl Reply {
             job_id: job_id.into(),
             plugin: plugin.into(),
             plugin_version: None,
+            instance: None,
             body: ReplyBody::Error(error),
         }
     }
@@ -160,12 +176,16 @@ fn batch_status(results: &[Result<ItemOk, JobError>]) -> Status {
 
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Reply", 8)?;
+        let mut s = serializer.serialize_struct("Reply", 9)?;
         s.serialize_field("job_id", &self.job_id)?;
         s.serialize_field("plugin", &self.plugin)?;
         match &self.plugin_version {
             Some(version) => s.serialize_field("plugin_version", version)?,
             None => s.skip_field("plugin_version")?,
+        }
+        match &self.instance {
+            Some(instance) => s.serialize_field("instance", instance)?,
+            None => s.skip_field("instance")?,
         }
         s.serialize_field("status", &self.status())?;
         match &self.body {
@@ -228,6 +248,7 @@ struct WireReply {
     job_id: String,
     plugin: String,
     plugin_version: Option<String>,
+    instance: Option<InstanceUse>,
     status: Status,
     output: Option<String>,
     metadata: Option<Metadata>,
@@ -309,6 +330,7 @@ impl WireReply {
             job_id: self.job_id,
             plugin: self.plugin,
             plugin_version: self.plugin_version,
+            instance: self.instance,
             body,
         })
     }
@@ -391,6 +413,7 @@ pub fn encode_reply_checked(reply: &Reply, max_reply_bytes: usize) -> (Vec<u8>, 
         job_id: reply.job_id.clone(),
         plugin: reply.plugin.clone(),
         plugin_version: reply.plugin_version.clone(),
+        instance: reply.instance,
         body: ReplyBody::Error(error.clone()),
     };
     (
@@ -477,6 +500,7 @@ mod tests {
             job_id: "j1".into(),
             plugin: "upper".into(),
             plugin_version: plugin_version.map(str::to_owned),
+            instance: None,
             body,
         }
     }
@@ -730,14 +754,24 @@ mod tests {
                     fuel_used
                 }),
         ];
-        (".{0,8}", ".{0,8}", proptest::option::of(".{0,8}"), body).prop_map(
-            |(job_id, plugin, plugin_version, body)| Reply {
+        let instance = proptest::option::of(proptest::sample::select(vec![
+            InstanceUse::Fresh,
+            InstanceUse::Reused,
+        ]));
+        (
+            ".{0,8}",
+            ".{0,8}",
+            proptest::option::of(".{0,8}"),
+            instance,
+            body,
+        )
+            .prop_map(|(job_id, plugin, plugin_version, instance, body)| Reply {
                 job_id,
                 plugin,
                 plugin_version,
+                instance,
                 body,
-            },
-        )
+            })
     }
 
     /// Metadata in order, since `IndexMap`'s `==` ignores it.

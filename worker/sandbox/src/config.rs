@@ -67,6 +67,12 @@ pub struct Caps {
     /// Longest per-request timeout a manifest may ask for, in milliseconds.
     /// Default: `limits.request_timeout_ms`.
     pub request_timeout_ms: Option<u64>,
+    /// Most jobs one instance may serve, as a manifest's
+    /// `[instances] reuse_jobs` asks (docs/SANDBOX.md, "Warm instances").
+    /// Default: 1, so every job gets a fresh instance and no manifest can
+    /// turn reuse on.
+    #[schemars(range(min = 1))]
+    pub reuse_jobs: Option<u32>,
 }
 
 /// Limits on every job. A job may ask for a shorter deadline, never a longer one.
@@ -168,10 +174,21 @@ pub struct PoolConfig {
     /// Elements per table. Interpreted runtimes (Python, JS) need large
     /// tables. Default: 100,000.
     pub max_table_elements: usize,
-    /// Bytes of each linear memory kept resident (zeroed with memset instead
-    /// of returned to the kernel) when a slot is reused. A little avoids the
-    /// page faults that dominate a short job's cost. Default: 128 KiB.
-    pub keep_resident_bytes: usize,
+    /// Bytes of each linear memory and table kept resident when a slot is
+    /// reused: reset in place (memset, or copied back from the memory image)
+    /// instead of returned to the kernel, so the next job does not fault
+    /// them in again. Where Linux has `PAGEMAP_SCAN` (6.7 and later) only the
+    /// pages a job dirtied are reset, so this is a budget: each plugin keeps
+    /// resident what its own jobs dirty, up to it. Elsewhere the first this
+    /// many bytes are reset after every job, dirty or not. Default: unset,
+    /// which is 8 MiB (at most the memory slot) with `PAGEMAP_SCAN` and
+    /// 128 KiB without it.
+    pub keep_resident_bytes: Option<usize>,
+    /// How long a warm instance (of a plugin whose `[instances] reuse_jobs`
+    /// is above one) may sit idle before it is dropped and its pool slot
+    /// freed, in milliseconds. Default: 30,000 (30 s).
+    #[schemars(range(min = 1))]
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -182,7 +199,8 @@ impl Default for PoolConfig {
             max_memories_per_component: 8,
             max_tables_per_component: 32,
             max_table_elements: 100_000,
-            keep_resident_bytes: 128 << 10,
+            keep_resident_bytes: None,
+            idle_timeout_ms: 30_000,
         }
     }
 }

@@ -42,8 +42,9 @@ pub(crate) struct JobState {
     http: WasiHttpCtx,
     /// Every outgoing request goes through it (`http/mod.rs`).
     outbound: Outbound,
-    /// Keeps the epoch ticker running while the store lives.
-    _ticking: Ticking,
+    /// Keeps the epoch ticker running while the store runs a job (none
+    /// while a warm instance is idle).
+    ticking: Option<Ticking>,
 }
 
 /// Who a store runs for, and with which config.
@@ -115,8 +116,37 @@ impl JobState {
             audit,
             http: WasiHttpCtx::new(),
             outbound,
-            _ticking: ticking,
+            ticking: Some(ticking),
         }
+    }
+
+    /// Readies a warm instance's state for its next job: that job's id,
+    /// config and deadline, and fresh per-job budgets (log lines, stdio,
+    /// audit, outgoing requests). The memory limiter is kept: its cap spans the instance's
+    /// jobs.
+    pub(crate) fn next_job(
+        &mut self,
+        job_id: Arc<str>,
+        job_config: Arc<BTreeMap<String, String>>,
+        plugin_version: Arc<str>,
+        limits: &Limits,
+        deadline: Instant,
+        ticking: Ticking,
+    ) {
+        self.audit = Audit::new(self.plugin.clone(), plugin_version, job_id.clone());
+        self.outbound.next_job(self.audit.clone(), deadline);
+        self.job_id = job_id;
+        self.job_config = job_config;
+        self.deadline = deadline;
+        self.log = LogBudget::new(limits.max_log_lines, limits.max_log_bytes);
+        self.stdout.clear();
+        self.stderr.clear();
+        self.ticking = Some(ticking);
+    }
+
+    /// Lets the epoch ticker park while this warm instance is idle.
+    pub(crate) fn idle(&mut self) {
+        self.ticking = None;
     }
 
     /// The capability denials recorded so far, leaving none (see

@@ -19,6 +19,7 @@ mod engine;
 mod error;
 mod host;
 pub mod http;
+mod instances;
 pub mod manifest;
 mod network;
 mod plugin;
@@ -34,7 +35,7 @@ use wasmtime::component::{HasSelf, Linker};
 pub use audit::{Capability, Denial, Denials, MAX_AUDITED};
 pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
-pub use engine::EPOCH_TICK;
+pub use engine::{EPOCH_TICK, keep_resident_bytes};
 pub use error::{Cause, JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use http::HttpRequest;
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
@@ -150,6 +151,8 @@ impl Sandbox {
             ticker: self.ticker.handle(),
             limits: self.limits.clone(),
             plugin_configs: &self.config.plugin_config,
+            idle_timeout: std::time::Duration::from_millis(self.config.pool.idle_timeout_ms),
+            max_instances: self.config.pool.max_instances,
         })
         .await?;
         if let (Some(settings), Some(manifest)) = (settings, manifest) {

@@ -38,6 +38,21 @@ pub struct Manifest {
     /// In the stable version's manifest: send a share of the jobs that name
     /// no version to another loaded version.
     pub canary: Option<Canary>,
+    /// Whether an instance may serve more than one job.
+    #[serde(default)]
+    pub instances: ManifestInstances,
+}
+
+/// `[instances]`: how long an instance lives (docs/SANDBOX.md, "Warm
+/// instances").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestInstances {
+    /// Most jobs one instance serves before it is dropped. `1` (the
+    /// default) is a fresh instance per job. Above 1, state (and so data)
+    /// can carry from one job to the next: for trusted plugins serving one
+    /// tenant only. At most the operator's `sandbox.caps.reuse_jobs`.
+    pub reuse_jobs: Option<u32>,
 }
 
 /// `canary = { version = "1.1.0", percent = 10 }`: `percent` of the jobs
@@ -128,6 +143,8 @@ pub struct Settings {
     pub identity: (String, semver::Version),
     /// The canary this (stable) version routes to, if any.
     pub canary: Option<Canary>,
+    /// Most jobs one instance serves (1: a fresh instance per job).
+    pub reuse_jobs: u32,
 }
 
 /// The manifest path for a plugin file: `<stem>.toml` beside `<stem>.wasm`.
@@ -206,6 +223,17 @@ impl Manifest {
                 self.name
             ));
         }
+        let reuse_jobs = self.instances.reuse_jobs.unwrap_or(1);
+        let reuse_cap = caps.reuse_jobs.unwrap_or(1);
+        if reuse_jobs == 0 {
+            return Err(format!(
+                "plugin {}: instances.reuse_jobs must be at least 1",
+                self.name
+            ));
+        }
+        if reuse_jobs > reuse_cap {
+            return Err(over_reuse(&self.name, reuse_jobs, reuse_cap));
+        }
         let mut grants = self.grants.clone();
         grants.dirs = self
             .grants
@@ -247,8 +275,17 @@ impl Manifest {
             grants,
             identity: (self.name.clone(), self.version.clone()),
             canary: self.canary.clone(),
+            reuse_jobs,
         })
     }
+}
+
+/// The refusal of a manifest whose `[instances] reuse_jobs` is above the
+/// operator's cap.
+fn over_reuse(plugin: &str, asked: u32, cap: u32) -> String {
+    format!(
+        "plugin {plugin}: instances.reuse_jobs = {asked} is above the operator's cap of {cap} (sandbox.caps.reuse_jobs)"
+    )
 }
 
 /// The canonical form of `host` if it lies under one of `roots` (symlinks
@@ -291,6 +328,32 @@ mod tests {
         assert_eq!(s.limits, Limits::default());
         assert_eq!(s.identity.1, semver::Version::new(0, 3, 1));
         assert_eq!(s.max_concurrency, None);
+        assert_eq!(s.reuse_jobs, 1);
+    }
+
+    #[test]
+    fn reuse_jobs_is_capped_by_the_operator() {
+        let m = manifest(&format!("{HEAD}[instances]\nreuse_jobs = 1000\n")).unwrap();
+        // The default cap is 1: reuse is off unless the operator allows it.
+        let err = m.resolve(&Limits::default(), &Caps::default()).unwrap_err();
+        for needle in [
+            "rot13",
+            "instances.reuse_jobs = 1000",
+            "cap of 1",
+            "sandbox.caps.reuse_jobs",
+        ] {
+            assert!(err.contains(needle), "{err}");
+        }
+        let caps = Caps {
+            reuse_jobs: Some(1000),
+            ..Caps::default()
+        };
+        let s = m.resolve(&Limits::default(), &caps).unwrap();
+        assert_eq!(s.reuse_jobs, 1000);
+        let m = manifest(&format!("{HEAD}[instances]\nreuse_jobs = 0\n")).unwrap();
+        let err = m.resolve(&Limits::default(), &caps).unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
+        assert!(manifest(&format!("{HEAD}[instances]\nreuse = 2\n")).is_err());
     }
 
     #[test]

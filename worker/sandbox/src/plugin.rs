@@ -4,6 +4,13 @@
 //! job gets a fresh `Store` with its own fuel, memory limiter, deadline and
 //! WASI context, so no state leaks from one job to the next; the store is
 //! dropped when the job ends and its pool slot is reused.
+//!
+//! The exception is opt-in: a plugin whose manifest sets `[instances]
+//! reuse_jobs` above 1 (within the operator's cap) runs a job in a warm
+//! instance when one is idle (`instances.rs`). Fuel, the deadline, the job's
+//! identity and config and the per-job budgets are reset for each job; the
+//! memory cap spans the instance's jobs; a job that ends in a trap, a limit
+//! or an `internal-error` retires its instance.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ use crate::engine::TickerHandle;
 use crate::error::{JobFailure, LoadError, PluginErrorKind};
 use crate::host::{JobIdentity, JobState, MemoryCapReached};
 use crate::http::HttpRequest;
+use crate::instances::{Instances, Warm};
 use crate::manifest::{Canary, Grants, Settings};
 
 /// What a caller says about the job it runs.
@@ -64,6 +72,9 @@ pub struct Run<T> {
     /// The outgoing HTTP requests its grants allowed, over every instance
     /// the job used (at most `max_requests` per instance).
     pub http: Vec<HttpRequest>,
+    /// Whether the job ran in a warm instance that had served an earlier
+    /// job (only with `[instances] reuse_jobs` above 1).
+    pub reused: bool,
 }
 
 /// The result of a single-input job.
@@ -93,6 +104,13 @@ pub struct Plugin {
     turns: Option<Arc<tokio::sync::Semaphore>>,
     description: String,
     canary: Option<Canary>,
+    /// Idle warm instances (none kept unless the manifest asks for reuse).
+    instances: Arc<Instances>,
+    /// How long a warm instance may stay idle.
+    idle_timeout: Duration,
+    /// The engine's instance pool size: the idle bound when the manifest
+    /// sets no `max_concurrency`.
+    max_instances: u32,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -115,6 +133,10 @@ pub(crate) struct Prepared<'a> {
     pub(crate) ticker: TickerHandle,
     pub(crate) limits: Arc<Limits>,
     pub(crate) plugin_configs: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// How long a warm instance may stay idle (`sandbox.pool.idle_timeout_ms`).
+    pub(crate) idle_timeout: Duration,
+    /// `sandbox.pool.max_instances`.
+    pub(crate) max_instances: u32,
 }
 
 impl Plugin {
@@ -160,6 +182,9 @@ impl Plugin {
             turns: None,
             description: String::new(),
             canary: None,
+            instances: Instances::new(1, 0, p.idle_timeout),
+            idle_timeout: p.idle_timeout,
+            max_instances: p.max_instances,
         };
 
         // Instantiate once: this type-checks every export and reads the identity.
@@ -259,6 +284,17 @@ impl Plugin {
         &self.limits
     }
 
+    /// Most jobs one instance serves (manifest `[instances] reuse_jobs`;
+    /// 1, the default, is a fresh instance per job).
+    pub fn reuse_jobs(&self) -> u32 {
+        self.instances.reuse_jobs()
+    }
+
+    /// Warm instances idle now, waiting for a job.
+    pub fn idle_instances(&self) -> usize {
+        self.instances.idle()
+    }
+
     /// Applies a manifest checked against the operator's caps. The
     /// manifest must name this plugin; its config sits under the operator's
     /// `sandbox.plugin_config` for the plugin.
@@ -282,6 +318,9 @@ impl Plugin {
         self.turns = manifest
             .max_concurrency
             .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+        // Idle instances stay within the plugin's concurrency.
+        let max_idle = manifest.max_concurrency.unwrap_or(self.max_instances) as usize;
+        self.instances = Instances::new(manifest.reuse_jobs, max_idle, self.idle_timeout);
         self.description = description;
         self.canary = manifest.canary;
         Ok(())
@@ -337,6 +376,67 @@ impl Plugin {
         (store, deadline)
     }
 
+    /// The store for one job: a warm instance's, readied for this job, when
+    /// one is idle; else a fresh store, instantiated by [`Plugin::instance`].
+    fn lease(&self, ctx: &JobContext) -> Lease {
+        let Some(warm) = self.instances.take() else {
+            let (store, deadline) = self.new_store(ctx);
+            return Lease {
+                store,
+                instance: None,
+                served: 0,
+                deadline,
+            };
+        };
+        let deadline = self.limits.deadline_for(ctx.timeout_ms);
+        let mut store = warm.store;
+        store.data_mut().next_job(
+            ctx.job_id.clone(),
+            ctx.config.clone(),
+            self.version_label.clone(),
+            &self.limits,
+            Instant::now() + deadline,
+            self.ticker.ticking(),
+        );
+        // Per job, never carried over: fuel is enabled on the engine, so
+        // this cannot fail; the epoch deadline counts from now.
+        let _ = store.set_fuel(self.limits.fuel);
+        store.set_epoch_deadline(1);
+        Lease {
+            store,
+            instance: Some(warm.instance),
+            served: warm.served,
+            deadline,
+        }
+    }
+
+    /// The lease's instance, instantiating a fresh one if it has none.
+    async fn instance(&self, lease: &mut Lease) -> wasmtime::Result<Instance> {
+        if let Some(instance) = lease.instance {
+            return Ok(instance);
+        }
+        let instance = self.pre.instantiate_async(&mut lease.store).await?;
+        lease.instance = Some(instance);
+        Ok(instance)
+    }
+
+    /// Ends a job's lease: with reuse on and `sound` (the job left the
+    /// instance usable), the instance goes back to the pool for another job;
+    /// otherwise it is dropped.
+    fn release(&self, lease: Lease, sound: bool) {
+        if !sound || self.instances.reuse_jobs() <= 1 {
+            return;
+        }
+        let Some(instance) = lease.instance else {
+            return;
+        };
+        self.instances.give_back(Warm {
+            store: lease.store,
+            instance,
+            served: lease.served.saturating_add(1),
+        });
+    }
+
     fn fuel_used(&self, store: &Store<JobState>) -> u64 {
         self.limits
             .fuel
@@ -363,28 +463,36 @@ impl Plugin {
                 instantiation: Duration::ZERO,
                 denials: Denials::default(),
                 http: Vec::new(),
+                reused: false,
             };
         }
-        let (mut store, deadline) = self.new_store(ctx);
-        let store_deadline = store.data().deadline;
+        let mut lease = self.lease(ctx);
+        let reused = lease.instance.is_some();
+        let store_deadline = lease.store.data().deadline;
         let mut instantiation = Duration::ZERO;
         let called = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instantiation = started.elapsed();
-            let guest = self.plugin_exports.load(&mut store, &instance)?;
-            guest.call_process(&mut store, input).await
+            let instance = self.instance(&mut lease).await?;
+            if !reused {
+                instantiation = started.elapsed();
+            }
+            let guest = self.plugin_exports.load(&mut lease.store, &instance)?;
+            guest.call_process(&mut lease.store, input).await
         };
         let called = by_deadline(store_deadline, called).await;
-        let result = self.finish(&store, called, deadline, |r| self.output(r));
+        let result = self.finish(&lease.store, called, lease.deadline, |r| self.output(r));
+        let store = &mut lease.store;
         store.data().forward_stdio();
-        Run {
-            result,
+        let run = Run {
             duration: started.elapsed(),
-            fuel_used: self.fuel_used(&store),
+            fuel_used: self.fuel_used(store),
             instantiation,
             denials: store.data_mut().take_denials(),
             http: store.data_mut().take_requests(),
-        }
+            reused,
+            result,
+        };
+        self.release(lease, sound(&run.result));
+        run
     }
 
     /// Runs a batch: through `process-batch` in one instance when the plugin
@@ -405,6 +513,7 @@ impl Plugin {
                 instantiation: Duration::ZERO,
                 denials: Denials::default(),
                 http: Vec::new(),
+                reused: false,
             };
         }
         let Some(batch_exports) = &self.batch_exports else {
@@ -413,12 +522,14 @@ impl Plugin {
             let mut instantiation = Duration::ZERO;
             let mut denials = Denials::default();
             let mut http = Vec::new();
+            let mut reused = false;
             for input in inputs {
                 let run = self.process_one(ctx, input).await;
                 fuel_used += run.fuel_used;
                 instantiation += run.instantiation;
                 denials.merge(run.denials);
                 http.extend(run.http);
+                reused |= run.reused;
                 results.push(run.result);
             }
             return Run {
@@ -428,55 +539,68 @@ impl Plugin {
                 instantiation,
                 denials,
                 http,
+                reused,
             };
         };
 
-        let (mut store, deadline) = self.new_store(ctx);
-        let store_deadline = store.data().deadline;
+        let mut lease = self.lease(ctx);
+        let reused = lease.instance.is_some();
+        let store_deadline = lease.store.data().deadline;
         let mut instantiation = Duration::ZERO;
         let called = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instantiation = started.elapsed();
-            let guest = batch_exports.load(&mut store, &instance)?;
-            guest.call_process_batch(&mut store, inputs).await
+            let instance = self.instance(&mut lease).await?;
+            if !reused {
+                instantiation = started.elapsed();
+            }
+            let guest = batch_exports.load(&mut lease.store, &instance)?;
+            guest.call_process_batch(&mut lease.store, inputs).await
         };
         let called = by_deadline(store_deadline, called).await;
-        let result = self.finish(&store, called.map(Ok), deadline, |results: Vec<_>| {
-            if results.len() != inputs.len() {
-                return Err(JobFailure::Plugin {
-                    kind: PluginErrorKind::InternalError,
-                    message: format!(
-                        "process-batch returned {} results for {} inputs",
-                        results.len(),
-                        inputs.len()
-                    ),
-                });
-            }
-            let mut budget = self.limits.max_output_bytes;
-            Ok(results
-                .into_iter()
-                .map(|r| {
-                    let out = r.map_err(plugin_failure).and_then(|r| self.output(r))?;
-                    budget =
-                        budget
-                            .checked_sub(out.output.len())
-                            .ok_or(JobFailure::OutputTooLarge {
+        let (store, deadline) = (&lease.store, lease.deadline);
+        let result: Result<Vec<Result<Output, JobFailure>>, JobFailure> =
+            self.finish(store, called.map(Ok), deadline, |results: Vec<_>| {
+                if results.len() != inputs.len() {
+                    return Err(JobFailure::Plugin {
+                        kind: PluginErrorKind::InternalError,
+                        message: format!(
+                            "process-batch returned {} results for {} inputs",
+                            results.len(),
+                            inputs.len()
+                        ),
+                    });
+                }
+                let mut budget = self.limits.max_output_bytes;
+                Ok(results
+                    .into_iter()
+                    .map(|r| {
+                        let out = r.map_err(plugin_failure).and_then(|r| self.output(r))?;
+                        budget = budget.checked_sub(out.output.len()).ok_or(
+                            JobFailure::OutputTooLarge {
                                 size: out.output.len(),
                                 limit: self.limits.max_output_bytes,
-                            })?;
-                    Ok(out)
-                })
-                .collect())
-        });
+                            },
+                        )?;
+                        Ok(out)
+                    })
+                    .collect())
+            });
+        let store = &mut lease.store;
         store.data().forward_stdio();
-        Run {
-            result,
+        let keep = match &result {
+            Ok(items) => items.iter().all(sound),
+            Err(failure) => sound_failure(failure),
+        };
+        let run = Run {
             duration: started.elapsed(),
-            fuel_used: self.fuel_used(&store),
+            fuel_used: self.fuel_used(store),
             instantiation,
             denials: store.data_mut().take_denials(),
             http: store.data_mut().take_requests(),
-        }
+            reused,
+            result,
+        };
+        self.release(lease, keep);
+        run
     }
 
     /// Turns what a call returned into the job's result. A refused memory
@@ -522,6 +646,37 @@ impl Plugin {
                 .map(|kv| (kv.key, kv.value))
                 .collect(),
         })
+    }
+}
+
+/// One job's store (see [`Plugin::lease`]).
+struct Lease {
+    store: Store<JobState>,
+    /// The warm instance, or the fresh one once instantiated.
+    instance: Option<Instance>,
+    /// Jobs the instance served before this one.
+    served: u32,
+    /// The job's deadline.
+    deadline: Duration,
+}
+
+/// Whether a job that ended with `result` leaves its instance fit for the
+/// next job: a success, or a failure the guest returned or the host imposed
+/// on a well-behaved guest. A trap, any limit (timeout, fuel, memory) and an
+/// `internal-error` retire it.
+fn sound<T>(result: &Result<T, JobFailure>) -> bool {
+    result.as_ref().err().is_none_or(sound_failure)
+}
+
+fn sound_failure(failure: &JobFailure) -> bool {
+    match failure {
+        JobFailure::Plugin { kind, .. } => !matches!(kind, PluginErrorKind::InternalError),
+        JobFailure::InputTooLarge { .. } | JobFailure::OutputTooLarge { .. } => true,
+        JobFailure::Timeout { .. }
+        | JobFailure::FuelExhausted { .. }
+        | JobFailure::MemoryLimit { .. }
+        | JobFailure::Trap { .. }
+        | JobFailure::Internal(_) => false,
     }
 }
 

@@ -57,6 +57,11 @@ impl GuestOutput {
         (String::from_utf8_lossy(&kept).into_owned(), c.dropped)
     }
 
+    /// Forgets what was written (a warm instance's next job starts empty).
+    pub(crate) fn clear(&self) {
+        *self.lock() = Captured::default();
+    }
+
     /// The last `lines` non-empty lines written, joined with ` / `, if any
     /// (used to explain traps: a Rust guest prints its panic message to
     /// stderr before aborting).

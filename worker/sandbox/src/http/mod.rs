@@ -141,6 +141,14 @@ impl Outbound {
         }
     }
 
+    /// Readies it for a warm instance's next job: that job's audit and
+    /// deadline, and a fresh budget; the grants stay.
+    pub(crate) fn next_job(&mut self, audit: Audit, deadline: Instant) {
+        self.audit = audit;
+        self.ledger = Arc::default();
+        self.deadline = deadline;
+    }
+
     /// The allowed requests that finished so far, leaving none.
     pub(crate) fn take_requests(&mut self) -> Vec<HttpRequest> {
         std::mem::take(
