@@ -11,5 +11,6 @@ mod examples;
 mod loading;
 mod manifests;
 mod records;
+mod scaffold;
 mod sdk;
 mod tidy;
