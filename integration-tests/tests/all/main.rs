@@ -12,5 +12,4 @@ mod loading;
 mod manifests;
 mod records;
 mod scaffold;
-mod sdk;
 mod tidy;

@@ -1,7 +1,12 @@
 //! `kiln new plugin --lang rust|c|js|python|go [--batch]` end to end: the
-//! scaffold, its one command `./build.sh`, then `kiln run` on the
-//! `NAME.wasm` it wrote (name, version, output, metadata, config, the typed
-//! error, and a batch job for `--batch`).
+//! scaffold, its one command `./build.sh`, then `kiln plugins` and `kiln
+//! run` on the `NAME.wasm` it wrote (the exports, name, version, output,
+//! metadata, config, the typed error, and a batch job for `--batch`).
+//!
+//! The Rust crates are scaffolded inside this checkout (under the plugins
+//! workspace's `target/`), so they get the relative path dependency on the
+//! SDK, and built with the plugins workspace's target directory and
+//! lockfile, so the SDK's dependencies are already compiled.
 //!
 //! The toolchains come from the shared cache that `cargo xtask plugins
 //! --all` fills (`.ci/plugins-languages` runs it before the tests), so the
@@ -93,6 +98,21 @@ fn scaffold_and_build(lang: Lang, name: &str, batch: bool) -> (tempfile::TempDir
         String::from_utf8_lossy(&out.stderr)
     );
     let project = work.path().join(name);
+    if lang == Lang::Rust {
+        // Inside the checkout, the SDK is a relative path dependency (and
+        // `kiln new` has nothing to warn about).
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cargo_toml: toml::Table =
+            toml::from_str(&std::fs::read_to_string(project.join("Cargo.toml")).unwrap()).unwrap();
+        let sdk = cargo_toml["dependencies"]["kiln-plugin"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no path dependency on the SDK: {cargo_toml}"));
+        assert!(Path::new(sdk).is_relative(), "{sdk}");
+    }
     // The two commands that follow.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -179,19 +199,27 @@ fn check_single_jobs(lang: Lang, name: &str, project: &Path, cache: &Path) {
     assert_eq!(reply["error"]["message"], "empty input", "{lang}: {reply}");
 }
 
-/// A batch job: one call to `process-batch`, one result per input, in order.
-fn check_batch(lang: Lang, name: &str, project: &Path, work: &Path) {
-    let cache = work.join("cache");
-    let out = kiln(project, &cache, &["plugins", "--json"]);
+/// What `kiln plugins` lists as the plugin's exports.
+fn exports(lang: Lang, name: &str, project: &Path, cache: &Path) -> Value {
+    let out = kiln(project, cache, &["plugins", "--json"]);
     let listing = stdout_json(&out);
-    let exports = listing["plugins"]
+    listing["plugins"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("{lang}: {name} not listed: {listing}"))["exports"]
-        .clone();
-    assert_eq!(exports, serde_json::json!(["plugin", "batch"]), "{lang}");
+        .clone()
+}
+
+/// A batch job: one call to `process-batch`, one result per input, in order.
+fn check_batch(lang: Lang, name: &str, project: &Path, work: &Path) {
+    let cache = work.join("cache");
+    assert_eq!(
+        exports(lang, name, project, &cache),
+        serde_json::json!(["plugin", "batch"]),
+        "{lang}"
+    );
 
     let jobs = work.join("jobs.jsonl");
     std::fs::write(
@@ -237,7 +265,13 @@ fn scaffold_builds_and_runs(lang: Lang) {
     }
     let name = format!("scaffold-{lang}");
     let (work, project) = scaffold_and_build(lang, &name, false);
-    check_single_jobs(lang, &name, &project, &work.path().join("cache"));
+    let cache = work.path().join("cache");
+    assert_eq!(
+        exports(lang, &name, &project, &cache),
+        serde_json::json!(["plugin"]),
+        "{lang}"
+    );
+    check_single_jobs(lang, &name, &project, &cache);
     if lang.supports_batch() {
         let name = format!("scaffold-{lang}-batch");
         let (work, project) = scaffold_and_build(lang, &name, true);
