@@ -12,7 +12,7 @@ fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln-under-test")
 }
 
-/// Runs the CLI with `--plugins` and `--cache` set (shared with `sdk.rs`).
+/// Runs the CLI with `--plugins` and `--cache` set (shared with `scaffold.rs`).
 pub(crate) fn kiln(plugins: &Path, cache: &Path, args: &[&str]) -> Output {
     Command::new(kiln_bin())
         .arg("--plugins")

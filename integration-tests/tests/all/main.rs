@@ -11,5 +11,5 @@ mod examples;
 mod loading;
 mod manifests;
 mod records;
-mod sdk;
+mod scaffold;
 mod tidy;

