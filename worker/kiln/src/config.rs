@@ -340,8 +340,7 @@ impl KilnConfig {
         let limits = &self.sandbox.limits;
         let pool = &self.sandbox.pool;
         slots * limits.memory_bytes as u64
-            + u64::from(pool.max_instances)
-                * kiln_sandbox::keep_resident_bytes(&self.sandbox) as u64
+            + u64::from(pool.max_instances) * self.sandbox.keep_resident_bytes() as u64
     }
 
     /// Settings that load but will hurt in production, given the container's
@@ -358,7 +357,7 @@ impl KilnConfig {
                 self.pipeline.effective_concurrency(),
                 self.sandbox.limits.memory_bytes,
                 self.sandbox.pool.max_instances,
-                kiln_sandbox::keep_resident_bytes(&self.sandbox),
+                self.sandbox.keep_resident_bytes(),
             ));
         }
         warnings

@@ -127,6 +127,14 @@ pub struct Limits {
     pub request_timeout_ms: u64,
 }
 
+impl SandboxConfig {
+    /// What the pool keeps resident of each memory and table it reuses
+    /// (`pool.keep_resident_bytes`, or its default on this host).
+    pub fn keep_resident_bytes(&self) -> usize {
+        crate::engine::keep_resident_bytes(self)
+    }
+}
+
 impl Limits {
     /// The job's deadline: its own request if shorter, else the configured one.
     pub fn deadline_for(&self, requested_ms: Option<u64>) -> Duration {

@@ -80,9 +80,8 @@ pub fn build_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
     Engine::new(&cfg).map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }
 
-/// What the pool keeps resident of each memory and table it reuses
-/// (`sandbox.pool.keep_resident_bytes`, or its default on this host).
-pub fn keep_resident_bytes(config: &SandboxConfig) -> usize {
+/// See [`SandboxConfig::keep_resident_bytes`].
+pub(crate) fn keep_resident_bytes(config: &SandboxConfig) -> usize {
     let slot = config
         .limits
         .memory_bytes

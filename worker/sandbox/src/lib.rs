@@ -35,7 +35,7 @@ use wasmtime::component::{HasSelf, Linker};
 pub use audit::{Capability, Denial, Denials, MAX_AUDITED};
 pub use cache::{CacheEntry, CacheState, ComponentCache};
 pub use config::{CacheConfig, Caps, Limits, PoolConfig, SandboxConfig};
-pub use engine::{EPOCH_TICK, keep_resident_bytes};
+pub use engine::EPOCH_TICK;
 pub use error::{Cause, JobFailure, LoadError, PluginErrorKind, SandboxError};
 pub use http::HttpRequest;
 pub use plugin::{BatchRun, JobContext, Output, Plugin, Run, SingleRun};
