@@ -22,7 +22,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 
 pub use client::{Broker, Received, Replies};
-pub use queues::{TestQueue, queue_exists};
+pub use queues::{TestQueue, delete_queue, queue_exists};
 pub use worker::{PLUGINS, WorkerProc};
 
 use crate::kiln;

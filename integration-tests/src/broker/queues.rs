@@ -257,6 +257,18 @@ async fn delete(names: &[String], exchanges: &[String]) {
     let _ = conn.close(200, ShortString::from("done")).await;
 }
 
+/// Deletes `queue` as an operator would (whatever it holds goes with it),
+/// returning how many messages it held; panics when the broker refuses.
+pub async fn delete_queue(queue: &str) -> u32 {
+    let (conn, channel) = connect().await;
+    let held = channel
+        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete {queue}: {e}"));
+    let _ = conn.close(200, ShortString::from("done")).await;
+    held
+}
+
 /// Whether `queue` exists (a passive declare, on a channel of its own: a
 /// failed passive declare closes its channel).
 pub async fn queue_exists(queue: &str) -> bool {

@@ -888,9 +888,6 @@ fn dlq_cli(q: &TestQueue, args: &[&str]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replayed_job_whose_reply_queue_is_gone_answers_to_results() {
-    use lapin::options::QueueDeleteOptions;
-    use lapin::types::ShortString;
-
     let q = TestQueue::new("replaygone");
     let gone = q.durable_reply_queue().await;
     // The first worker lacks `reverse`: its jobs are dead-lettered.
@@ -905,16 +902,7 @@ async fn a_replayed_job_whose_reply_queue_is_gone_answers_to_results() {
     assert_eq!(first.len(), 2, "both answered unknown-plugin");
     worker.stop().await;
     // The run that waited for them is over: its reply queue is deleted.
-    let conn = connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_delete(
-            ShortString::from(gone.clone()),
-            QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, ShortString::from("done")).await;
+    broker::delete_queue(&gone).await;
 
     let worker = WorkerProc::spawn_with(&q, &["uppercase", "reverse"], &[]).await;
     let (stdout, stderr) = dlq_cli(&q, &["replay", "--job-id", "g1"]);

@@ -6,9 +6,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kiln_integration_tests::broker::{self, Broker, TestQueue, WorkerProc, job, queue_exists};
+use kiln_integration_tests::broker::{
+    self, Broker, TestQueue, WorkerProc, delete_queue, job, queue_exists,
+};
+
+use super::connection;
 use kiln_integration_tests::{kiln, stdout_of};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{FieldTable, ShortString};
 
 const SHARDS: u16 = 4;
@@ -21,12 +25,6 @@ fn sharded_topology(q: &TestQueue) -> kiln_broker::Topology {
         ..kiln_broker::AmqpConfig::default()
     };
     kiln_broker::Topology::new(&config, &kiln_protocol::RetryPolicy::default())
-}
-
-async fn connection() -> lapin::Connection {
-    lapin::Connection::connect(broker::URL, lapin::ConnectionProperties::default())
-        .await
-        .unwrap()
 }
 
 /// The ready messages of every shard of `q`, in shard order.
@@ -133,16 +131,7 @@ async fn a_deleted_shard_queue_is_redeclared_and_consumed_again() {
     assert_eq!(answered.len(), 300);
     // An operator deletes one shard mid-stream (its jobs go with it).
     let deleted = q.shard(2);
-    let conn = connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_delete(
-            ShortString::from(deleted.clone()),
-            QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, ShortString::from("done")).await;
+    delete_queue(&deleted).await;
     // The broker cancels that shard's consumer; the worker reconnects and
     // declares the shard (and its binding) again.
     let started = std::time::Instant::now();
