@@ -2,32 +2,48 @@
 //! `http-probe` fixture asks for URLs of loopback servers these tests start,
 //! under manifests and caps each test writes, and the tests check what the
 //! guest got, what the host recorded and audited, and that the job's
-//! deadline and budgets hold.
+//! deadline and budgets hold. One test runs the `enrich` example in a real
+//! `kiln worker` on the local RabbitMQ (a `TestQueue` of its own), with the
+//! library's OTLP receiver, to check the client span's place in the trace.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Path as UrlPath;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc, job};
+use kiln_integration_tests::otlp::Receiver;
 use kiln_integration_tests::{Captured, artifact, config, ctx, serial};
 use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, Sandbox, SingleRun};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
+
+/// The `traceparent` header (or `None`) of each request `/people/{id}` got.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
 /// Starts the loopback server every test talks to, and returns its address.
 async fn server() -> SocketAddr {
+    server_seeing().await.0
+}
+
+/// [`server`], and what it saw of the requests to `/people/{id}`.
+async fn server_seeing() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route(
             "/traceparent",
-            get(|headers: axum::http::HeaderMap| async move {
+            get(|headers: HeaderMap| async move {
                 headers
                     .get("traceparent")
                     .and_then(|v| v.to_str().ok())
@@ -53,16 +69,23 @@ async fn server() -> SocketAddr {
         )
         .route(
             "/people/{id}",
-            get(|UrlPath(id): UrlPath<String>| async move {
-                if id == "7" {
-                    (StatusCode::OK, r#"{"name":"Ada","country":"UK"}"#).into_response()
-                } else {
-                    StatusCode::NOT_FOUND.into_response()
-                }
-            }),
+            get(
+                move |UrlPath(id): UrlPath<String>, headers: HeaderMap| async move {
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    log.lock().unwrap().push(traceparent);
+                    if id == "7" {
+                        (StatusCode::OK, r#"{"name":"Ada","country":"UK"}"#).into_response()
+                    } else {
+                        StatusCode::NOT_FOUND.into_response()
+                    }
+                },
+            ),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    (addr, seen)
 }
 
 /// A sandbox whose caps allow `caps`, and `allow_private_outbound`.
@@ -510,5 +533,118 @@ async fn the_trace_context_is_injected_into_the_outgoing_request() {
     assert_eq!(
         reports[0]["body"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "{reports:?}"
+    );
+}
+
+/// `enrich` in a real `kiln worker` on the local RabbitMQ, exporting spans
+/// to the test's OTLP receiver: the reply carries the merged record and the
+/// request count, the request's client span is a child of the job's span,
+/// and the loopback server got a `traceparent` naming that client span.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_runs_enrich_end_to_end_with_the_client_span_parented() {
+    let receiver = Receiver::start().await;
+    let (addr, seen) = server_seeing().await;
+    let q = TestQueue::new("http-enrich");
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    with_manifest(
+        &plugins,
+        "enrich",
+        "1.0.0",
+        &format!(
+            "[grants]\noutbound = [\"{g}\"]\n[config]\nurl = \"{g}/people\"\nfield = \"country\"\n",
+            g = grant(addr)
+        ),
+    );
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        "[sandbox.caps]\noutbound = [\"http://127.0.0.1:*\"]\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())];
+    let worker = WorkerProc::start_with_args(
+        URL,
+        &q,
+        &plugins,
+        &cache,
+        &env,
+        &["--config-file", config.to_str().unwrap()],
+    )
+    .until_ready()
+    .await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .ask(
+            &q,
+            job("e2e-enrich", "enrich", r#"{"id":7,"text":"hi"}"#),
+            &replies,
+            "m-enrich",
+        )
+        .await;
+    let got = replies.take(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let reply = got[0].json();
+    assert_eq!(reply["http_requests"], 1, "{reply}");
+    let output: Value = serde_json::from_str(reply["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
+    );
+    let status = worker.stop().await;
+    assert!(status.success(), "worker exited with {status}");
+
+    // The batch is flushed at shutdown.
+    let spans = receiver
+        .wait_for("the job and client spans", |s| {
+            s.iter()
+                .any(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("e2e-enrich"))
+                && s.iter().any(|s| s.attributes.contains_key("kiln.grant"))
+        })
+        .await;
+    let job_span = spans
+        .iter()
+        .find(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("e2e-enrich"))
+        .unwrap();
+    let client: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attributes.contains_key("kiln.grant"))
+        .collect();
+    assert_eq!(client.len(), 1, "{client:#?}");
+    let client = client[0];
+    assert_eq!(client.kind, SpanKind::Client as i32, "{client:#?}");
+    assert_eq!(client.name, "GET");
+    assert_eq!(client.trace_id, job_span.trace_id, "one trace");
+    assert_eq!(
+        client.parent_span_id, job_span.span_id,
+        "the client span is a child of the job span: {spans:#?}"
+    );
+    let port = addr.port().to_string();
+    for (key, want) in [
+        ("http.request.method", "GET"),
+        ("server.address", "127.0.0.1"),
+        ("server.port", port.as_str()),
+        ("url.scheme", "http"),
+        ("url.path", "/people/7"),
+        ("http.response.status_code", "200"),
+        ("kiln.grant", grant(addr).as_str()),
+    ] {
+        assert_eq!(
+            client.attributes.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {client:#?}"
+        );
+    }
+    // The server saw the client span's context.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some(format!(
+            "00-{}-{}-01",
+            client.trace_id, client.span_id
+        ))]
     );
 }
