@@ -5,6 +5,7 @@
 //! deadline and budgets hold. One test runs the `enrich` example in a real
 //! `kiln worker` on the local RabbitMQ (a `TestQueue` of its own), with the
 //! library's OTLP receiver, to check the client span's place in the trace.
+//! Raw `wasi:sockets` stay denied under a grant for the same host and port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -647,4 +648,33 @@ async fn a_worker_runs_enrich_end_to_end_with_the_client_span_parented() {
             client.trace_id, client.span_id
         ))]
     );
+}
+
+/// Raw `wasi:sockets` stay denied whatever the grants: `hostile-snoop`
+/// opens a TCP connection to 127.0.0.1:5672 under a manifest granting
+/// exactly that host and port (and the operator allowing private
+/// addresses), and the host still answers `access-denied`, audited as
+/// `tcp`, not `http` (docs/SANDBOX.md, "Raw sockets stay denied").
+#[tokio::test(flavor = "current_thread")]
+async fn a_raw_tcp_connect_to_a_granted_host_and_port_is_still_denied() {
+    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], true, Limits::default());
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = with_manifest(
+        dir.path(),
+        "hostile-snoop",
+        "1.0.0",
+        "[grants]\noutbound = [\"http://127.0.0.1:5672\"]\n",
+    );
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    assert_eq!(plugin.grants().outbound.len(), 1);
+    let run = plugin.process(&ctx("raw-1", &[]), "x").await;
+    let report: Value = serde_json::from_str(&run.result.as_ref().unwrap().output).unwrap();
+    // wasi-libc's EACCES for `access-denied` (as in tests/all/denials.rs).
+    assert_eq!(
+        report["tcp"], "error: Permission denied (os error 2)",
+        "{report}"
+    );
+    assert_eq!(run.denials.count(Capability::Tcp), 1, "{:?}", run.denials);
+    assert_eq!(run.denials.count(Capability::Http), 0, "{:?}", run.denials);
+    assert!(run.http.is_empty(), "{:?}", run.http);
 }
