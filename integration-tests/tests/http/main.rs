@@ -6,6 +6,8 @@
 //! `kiln worker` on the local RabbitMQ (a `TestQueue` of its own), with the
 //! library's OTLP receiver, to check the client span's place in the trace.
 //! Raw `wasi:sockets` stay denied under a grant for the same host and port.
+//! `enrich-js` shows that a JavaScript `fetch()` gets the same grants (it is
+//! built by `cargo xtask plugins --lang js`; without it that test skips).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -21,8 +23,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc, job};
 use kiln_integration_tests::otlp::Receiver;
-use kiln_integration_tests::{Captured, artifact, config, ctx, serial};
-use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, Sandbox, SingleRun};
+use kiln_integration_tests::{Captured, artifact, config, ctx, lang_plugins_dir, serial};
+use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, PluginErrorKind, Sandbox, SingleRun};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
 
@@ -677,4 +679,130 @@ async fn a_raw_tcp_connect_to_a_granted_host_and_port_is_still_denied() {
     assert_eq!(run.denials.count(Capability::Tcp), 1, "{:?}", run.denials);
     assert_eq!(run.denials.count(Capability::Http), 0, "{:?}", run.denials);
     assert!(run.http.is_empty(), "{:?}", run.http);
+}
+
+/// `enrich-js` (`plugins/js/enrich`, built by `cargo xtask plugins --lang js`
+/// into the language plugins' directory) copied into `dir` beside
+/// `manifest`; `None`, with a message, when it was not built, unless
+/// `KILN_REQUIRE_LANG_PLUGINS=1` makes that a failure (as in
+/// `tests/languages`).
+fn enrich_js(dir: &Path, manifest: &str) -> Option<std::path::PathBuf> {
+    let from = lang_plugins_dir().join("enrich-js.wasm");
+    if !from.is_file() {
+        assert!(
+            std::env::var("KILN_REQUIRE_LANG_PLUGINS").as_deref() != Ok("1"),
+            "KILN_REQUIRE_LANG_PLUGINS=1 but {} is missing; build it with `cargo xtask plugins --lang js`",
+            from.display()
+        );
+        eprintln!(
+            "SKIPPED {} not built; run `cargo xtask plugins --lang js` to test it",
+            from.display()
+        );
+        return None;
+    }
+    let wasm = dir.join("enrich-js.wasm");
+    std::fs::copy(&from, &wasm).unwrap();
+    std::fs::write(
+        dir.join("enrich-js.toml"),
+        format!("name = \"enrich-js\"\nversion = \"1.0.0\"\n{manifest}"),
+    )
+    .unwrap();
+    Some(wasm)
+}
+
+/// The manifest of `enrich-js` reading `/people` of `addr`, granted `grant`.
+fn enrich_js_manifest(addr: SocketAddr, grant: &str) -> String {
+    format!(
+        "[grants]\noutbound = [\"{grant}\"]\n[config]\nurl = \"http://127.0.0.1:{}/people\"\nfield = \"country\"\n",
+        addr.port()
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_javascript_fetch_is_allowed_by_a_grant_and_denied_without_one() {
+    let addr = server().await;
+    let mut config = config(Limits::default());
+    config.caps.outbound = vec!["http://127.0.0.1:*".parse().unwrap()];
+    // One compilation of the 12 MB component serves both loads.
+    let cache = tempfile::tempdir().unwrap();
+    config.cache.dir = Some(cache.path().to_owned());
+    let sandbox = Sandbox::new(config).unwrap();
+
+    // Granted: fetch() returns the body.
+    let granted = tempfile::tempdir().unwrap();
+    let Some(wasm) = enrich_js(granted.path(), &enrich_js_manifest(addr, &grant(addr))) else {
+        return;
+    };
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    assert_eq!(plugin.name(), "enrich-js");
+    let run = plugin
+        .process(&ctx("js-1", &[]), r#"{"id":7,"text":"hi"}"#)
+        .await;
+    let out = run.result.unwrap();
+    let merged: Value = serde_json::from_str(&out.output).unwrap();
+    assert_eq!(
+        merged,
+        serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
+    );
+    assert!(run.denials.is_empty(), "{:?}", run.denials);
+    assert_eq!(run.http.len(), 1, "{:?}", run.http);
+    assert_eq!(&*run.http[0].grant, grant(addr));
+    assert_eq!(run.http[0].status, Some(200));
+    // A 404 from the granted service is the plugin's own typed error.
+    let run = plugin.process(&ctx("js-2", &[]), r#"{"id":8}"#).await;
+    match run.result {
+        Err(JobFailure::Plugin { kind, message }) => {
+            assert_eq!(kind, PluginErrorKind::InvalidInput);
+            assert_eq!(message, "no record 8");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Granted another port only: denied.
+    let denied = tempfile::tempdir().unwrap();
+    let other = format!("http://127.0.0.1:{}", addr.port() + 1);
+    let wasm = enrich_js(denied.path(), &enrich_js_manifest(addr, &other)).unwrap();
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let log = tracing::subscriber::set_default(subscriber);
+    let run = plugin.process(&ctx("js-3", &[]), r#"{"id":7}"#).await;
+    drop(log);
+    // fetch() rejected inside the guest with fetch's own typed error (a
+    // `TypeError`: StarlingMonkey does not pass wasi:http's
+    // `HTTP-request-denied` on), which the plugin caught and turned into
+    // its typed failure. The request never left the host.
+    match &run.result {
+        Err(JobFailure::Plugin { kind, message }) => {
+            assert_eq!(*kind, PluginErrorKind::InternalError);
+            let url = format!("http://127.0.0.1:{}/people/7", addr.port());
+            assert!(
+                message.starts_with(&format!("fetch {url}: TypeError: ")),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(run.http.is_empty(), "{:?}", run.http);
+    assert_eq!(run.denials.count(Capability::Http), 1);
+    let audit: Vec<Value> = captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["target"] == "kiln::audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let f = &audit[0]["fields"];
+    assert_eq!(f["capability"], "http", "{f}");
+    assert_eq!(f["plugin"], "enrich-js", "{f}");
+    assert_eq!(f["job_id"], "js-3", "{f}");
+    assert_eq!(
+        f["detail"],
+        format!("http://127.0.0.1:{}: no outbound grant", addr.port())
+    );
 }
