@@ -1,9 +1,12 @@
 //! Shared helpers for Kiln's integration tests and benchmarks: where the
 //! built plugins are, sandboxes with test limits, the `kiln` command, one
 //! lock to run a binary's tests one at a time, and (in [`broker`]) what the
-//! tests against the local RabbitMQ share.
+//! tests against the local RabbitMQ share, and (in [`otlp`]) an OTLP trace
+//! receiver.
 
 pub mod broker;
+
+pub mod otlp;
 
 pub mod instructions;
 

@@ -2,32 +2,51 @@
 //! `http-probe` fixture asks for URLs of loopback servers these tests start,
 //! under manifests and caps each test writes, and the tests check what the
 //! guest got, what the host recorded and audited, and that the job's
-//! deadline and budgets hold.
+//! deadline and budgets hold. One test runs the `enrich` example in a real
+//! `kiln worker` on the local RabbitMQ (a `TestQueue` of its own), with the
+//! library's OTLP receiver, to check the client span's place in the trace.
+//! Raw `wasi:sockets` stay denied under a grant for the same host and port.
+//! `enrich-js` shows that a JavaScript `fetch()` gets the same grants (it is
+//! built by `cargo xtask plugins --lang js`; without it that test skips).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Path as UrlPath;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use kiln_integration_tests::{Captured, artifact, config, ctx, serial};
-use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, Sandbox, SingleRun};
+use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc, job};
+use kiln_integration_tests::otlp::Receiver;
+use kiln_integration_tests::{Captured, artifact, config, ctx, lang_plugins_dir, serial};
+use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, PluginErrorKind, Sandbox, SingleRun};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
+
+/// The `traceparent` header (or `None`) of each request `/people/{id}` got.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
 /// Starts the loopback server every test talks to, and returns its address.
 async fn server() -> SocketAddr {
+    server_seeing().await.0
+}
+
+/// [`server`], and what it saw of the requests to `/people/{id}`.
+async fn server_seeing() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route(
             "/traceparent",
-            get(|headers: axum::http::HeaderMap| async move {
+            get(|headers: HeaderMap| async move {
                 headers
                     .get("traceparent")
                     .and_then(|v| v.to_str().ok())
@@ -53,16 +72,23 @@ async fn server() -> SocketAddr {
         )
         .route(
             "/people/{id}",
-            get(|UrlPath(id): UrlPath<String>| async move {
-                if id == "7" {
-                    (StatusCode::OK, r#"{"name":"Ada","country":"UK"}"#).into_response()
-                } else {
-                    StatusCode::NOT_FOUND.into_response()
-                }
-            }),
+            get(
+                move |UrlPath(id): UrlPath<String>, headers: HeaderMap| async move {
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    log.lock().unwrap().push(traceparent);
+                    if id == "7" {
+                        (StatusCode::OK, r#"{"name":"Ada","country":"UK"}"#).into_response()
+                    } else {
+                        StatusCode::NOT_FOUND.into_response()
+                    }
+                },
+            ),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    (addr, seen)
 }
 
 /// A sandbox whose caps allow `caps`, and `allow_private_outbound`.
@@ -510,5 +536,273 @@ async fn the_trace_context_is_injected_into_the_outgoing_request() {
     assert_eq!(
         reports[0]["body"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "{reports:?}"
+    );
+}
+
+/// `enrich` in a real `kiln worker` on the local RabbitMQ, exporting spans
+/// to the test's OTLP receiver: the reply carries the merged record and the
+/// request count, the request's client span is a child of the job's span,
+/// and the loopback server got a `traceparent` naming that client span.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_runs_enrich_end_to_end_with_the_client_span_parented() {
+    let receiver = Receiver::start().await;
+    let (addr, seen) = server_seeing().await;
+    let q = TestQueue::new("http-enrich");
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    with_manifest(
+        &plugins,
+        "enrich",
+        "1.0.0",
+        &format!(
+            "[grants]\noutbound = [\"{g}\"]\n[config]\nurl = \"{g}/people\"\nfield = \"country\"\n",
+            g = grant(addr)
+        ),
+    );
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        "[sandbox.caps]\noutbound = [\"http://127.0.0.1:*\"]\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())];
+    let worker = WorkerProc::start_with_args(
+        URL,
+        &q,
+        &plugins,
+        &cache,
+        &env,
+        &["--config-file", config.to_str().unwrap()],
+    )
+    .until_ready()
+    .await;
+    let broker = Broker::connect().await;
+    let replies = broker.reply_queue().await;
+    broker
+        .ask(
+            &q,
+            job("e2e-enrich", "enrich", r#"{"id":7,"text":"hi"}"#),
+            &replies,
+            "m-enrich",
+        )
+        .await;
+    let got = replies.take(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    let reply = got[0].json();
+    assert_eq!(reply["http_requests"], 1, "{reply}");
+    let output: Value = serde_json::from_str(reply["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
+    );
+    let status = worker.stop().await;
+    assert!(status.success(), "worker exited with {status}");
+
+    // The batch is flushed at shutdown.
+    let spans = receiver
+        .wait_for("the job and client spans", |s| {
+            s.iter()
+                .any(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("e2e-enrich"))
+                && s.iter().any(|s| s.attributes.contains_key("kiln.grant"))
+        })
+        .await;
+    let job_span = spans
+        .iter()
+        .find(|s| s.attributes.get("kiln.job_id").map(String::as_str) == Some("e2e-enrich"))
+        .unwrap();
+    let client: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attributes.contains_key("kiln.grant"))
+        .collect();
+    assert_eq!(client.len(), 1, "{client:#?}");
+    let client = client[0];
+    assert_eq!(client.kind, SpanKind::Client as i32, "{client:#?}");
+    assert_eq!(client.name, "GET");
+    assert_eq!(client.trace_id, job_span.trace_id, "one trace");
+    assert_eq!(
+        client.parent_span_id, job_span.span_id,
+        "the client span is a child of the job span: {spans:#?}"
+    );
+    let port = addr.port().to_string();
+    for (key, want) in [
+        ("http.request.method", "GET"),
+        ("server.address", "127.0.0.1"),
+        ("server.port", port.as_str()),
+        ("url.scheme", "http"),
+        ("url.path", "/people/7"),
+        ("http.response.status_code", "200"),
+        ("kiln.grant", grant(addr).as_str()),
+    ] {
+        assert_eq!(
+            client.attributes.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {client:#?}"
+        );
+    }
+    // The server saw the client span's context.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some(format!(
+            "00-{}-{}-01",
+            client.trace_id, client.span_id
+        ))]
+    );
+}
+
+/// Raw `wasi:sockets` stay denied whatever the grants: `hostile-snoop`
+/// opens a TCP connection to 127.0.0.1:5672 under a manifest granting
+/// exactly that host and port (and the operator allowing private
+/// addresses), and the host still answers `access-denied`, audited as
+/// `tcp`, not `http` (docs/SANDBOX.md, "Raw sockets stay denied").
+#[tokio::test(flavor = "current_thread")]
+async fn a_raw_tcp_connect_to_a_granted_host_and_port_is_still_denied() {
+    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], true, Limits::default());
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = with_manifest(
+        dir.path(),
+        "hostile-snoop",
+        "1.0.0",
+        "[grants]\noutbound = [\"http://127.0.0.1:5672\"]\n",
+    );
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    assert_eq!(plugin.grants().outbound.len(), 1);
+    let run = plugin.process(&ctx("raw-1", &[]), "x").await;
+    let report: Value = serde_json::from_str(&run.result.as_ref().unwrap().output).unwrap();
+    // wasi-libc's EACCES for `access-denied` (as in tests/all/denials.rs).
+    assert_eq!(
+        report["tcp"], "error: Permission denied (os error 2)",
+        "{report}"
+    );
+    assert_eq!(run.denials.count(Capability::Tcp), 1, "{:?}", run.denials);
+    assert_eq!(run.denials.count(Capability::Http), 0, "{:?}", run.denials);
+    assert!(run.http.is_empty(), "{:?}", run.http);
+}
+
+/// `enrich-js` (`plugins/js/enrich`, built by `cargo xtask plugins --lang js`
+/// into the language plugins' directory) copied into `dir` beside
+/// `manifest`; `None`, with a message, when it was not built, unless
+/// `KILN_REQUIRE_LANG_PLUGINS=1` makes that a failure (as in
+/// `tests/languages`).
+fn enrich_js(dir: &Path, manifest: &str) -> Option<std::path::PathBuf> {
+    let from = lang_plugins_dir().join("enrich-js.wasm");
+    if !from.is_file() {
+        assert!(
+            std::env::var("KILN_REQUIRE_LANG_PLUGINS").as_deref() != Ok("1"),
+            "KILN_REQUIRE_LANG_PLUGINS=1 but {} is missing; build it with `cargo xtask plugins --lang js`",
+            from.display()
+        );
+        eprintln!(
+            "SKIPPED {} not built; run `cargo xtask plugins --lang js` to test it",
+            from.display()
+        );
+        return None;
+    }
+    let wasm = dir.join("enrich-js.wasm");
+    std::fs::copy(&from, &wasm).unwrap();
+    std::fs::write(
+        dir.join("enrich-js.toml"),
+        format!("name = \"enrich-js\"\nversion = \"1.0.0\"\n{manifest}"),
+    )
+    .unwrap();
+    Some(wasm)
+}
+
+/// The manifest of `enrich-js` reading `/people` of `addr`, granted `grant`.
+fn enrich_js_manifest(addr: SocketAddr, grant: &str) -> String {
+    format!(
+        "[grants]\noutbound = [\"{grant}\"]\n[config]\nurl = \"http://127.0.0.1:{}/people\"\nfield = \"country\"\n",
+        addr.port()
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_javascript_fetch_is_allowed_by_a_grant_and_denied_without_one() {
+    let addr = server().await;
+    let mut config = config(Limits::default());
+    config.caps.outbound = vec!["http://127.0.0.1:*".parse().unwrap()];
+    // One compilation of the 12 MB component serves both loads.
+    let cache = tempfile::tempdir().unwrap();
+    config.cache.dir = Some(cache.path().to_owned());
+    let sandbox = Sandbox::new(config).unwrap();
+
+    // Granted: fetch() returns the body.
+    let granted = tempfile::tempdir().unwrap();
+    let Some(wasm) = enrich_js(granted.path(), &enrich_js_manifest(addr, &grant(addr))) else {
+        return;
+    };
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    assert_eq!(plugin.name(), "enrich-js");
+    let run = plugin
+        .process(&ctx("js-1", &[]), r#"{"id":7,"text":"hi"}"#)
+        .await;
+    let out = run.result.unwrap();
+    let merged: Value = serde_json::from_str(&out.output).unwrap();
+    assert_eq!(
+        merged,
+        serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
+    );
+    assert!(run.denials.is_empty(), "{:?}", run.denials);
+    assert_eq!(run.http.len(), 1, "{:?}", run.http);
+    assert_eq!(&*run.http[0].grant, grant(addr));
+    assert_eq!(run.http[0].status, Some(200));
+    // A 404 from the granted service is the plugin's own typed error.
+    let run = plugin.process(&ctx("js-2", &[]), r#"{"id":8}"#).await;
+    match run.result {
+        Err(JobFailure::Plugin { kind, message }) => {
+            assert_eq!(kind, PluginErrorKind::InvalidInput);
+            assert_eq!(message, "no record 8");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Granted another port only: denied.
+    let denied = tempfile::tempdir().unwrap();
+    let other = format!("http://127.0.0.1:{}", addr.port() + 1);
+    let wasm = enrich_js(denied.path(), &enrich_js_manifest(addr, &other)).unwrap();
+    let plugin = sandbox.load_file(&wasm).await.unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let log = tracing::subscriber::set_default(subscriber);
+    let run = plugin.process(&ctx("js-3", &[]), r#"{"id":7}"#).await;
+    drop(log);
+    // fetch() rejected inside the guest with fetch's own typed error (a
+    // `TypeError`: StarlingMonkey does not pass wasi:http's
+    // `HTTP-request-denied` on), which the plugin caught and turned into
+    // its typed failure. The request never left the host.
+    match &run.result {
+        Err(JobFailure::Plugin { kind, message }) => {
+            assert_eq!(*kind, PluginErrorKind::InternalError);
+            let url = format!("http://127.0.0.1:{}/people/7", addr.port());
+            assert!(
+                message.starts_with(&format!("fetch {url}: TypeError: ")),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(run.http.is_empty(), "{:?}", run.http);
+    assert_eq!(run.denials.count(Capability::Http), 1);
+    let audit: Vec<Value> = captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["target"] == "kiln::audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let f = &audit[0]["fields"];
+    assert_eq!(f["capability"], "http", "{f}");
+    assert_eq!(f["plugin"], "enrich-js", "{f}");
+    assert_eq!(f["job_id"], "js-3", "{f}");
+    assert_eq!(
+        f["detail"],
+        format!("http://127.0.0.1:{}: no outbound grant", addr.port())
     );
 }

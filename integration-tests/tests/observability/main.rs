@@ -1,27 +1,21 @@
 //! Traces, metrics and probes of a real `kiln worker` (and `kiln enqueue`)
 //! against the local RabbitMQ (127.0.0.1:5672, guest/guest; `.ci/run`
-//! starts it). No collector can be installed here, so the trace test runs
-//! its own OTLP/HTTP receiver: an axum server on 127.0.0.1 that decodes
-//! `ExportTraceServiceRequest`s with `opentelemetry-proto`.
+//! starts it). No collector can be installed here, so the trace tests run
+//! the library's OTLP/HTTP receiver (`kiln_integration_tests::otlp`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_integration_tests::broker::{
     self, Broker, Replies, TestQueue, URL, WorkerProc, job, sample,
 };
 use kiln_integration_tests::kiln;
+use kiln_integration_tests::otlp::Receiver;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message as _;
 
 /// A jobs queue of this binary's.
 fn queue(name: &str) -> TestQueue {
@@ -70,111 +64,6 @@ async fn publish(
 }
 
 // ---------------------------------------------------------------- traces
-
-/// One received span, flattened.
-#[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    resource: HashMap<String, String>,
-    name: String,
-    kind: i32,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-    attributes: HashMap<String, String>,
-}
-
-fn flatten(attributes: &[KeyValue]) -> HashMap<String, String> {
-    attributes
-        .iter()
-        .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(s)) => s.clone(),
-                Some(Value::IntValue(i)) => i.to_string(),
-                Some(Value::BoolValue(b)) => b.to_string(),
-                Some(Value::DoubleValue(d)) => d.to_string(),
-                other => format!("{other:?}"),
-            };
-            (kv.key.clone(), value)
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An OTLP/HTTP receiver (protobuf, `POST /v1/traces`) on 127.0.0.1.
-struct Receiver {
-    endpoint: String,
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        use axum::body::Bytes;
-        use axum::http::StatusCode;
-        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-        let sink = spans.clone();
-        let app = axum::Router::new().route(
-            "/v1/traces",
-            axum::routing::post(move |body: Bytes| {
-                let sink = sink.clone();
-                async move {
-                    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-                        return (StatusCode::BAD_REQUEST, Vec::new());
-                    };
-                    let mut got = sink.lock().unwrap();
-                    for rs in request.resource_spans {
-                        let resource =
-                            flatten(&rs.resource.map(|r| r.attributes).unwrap_or_default());
-                        let service = resource.get("service.name").cloned().unwrap_or_default();
-                        for ss in rs.scope_spans {
-                            for s in ss.spans {
-                                got.push(Span {
-                                    service: service.clone(),
-                                    resource: resource.clone(),
-                                    name: s.name.clone(),
-                                    kind: s.kind,
-                                    trace_id: hex(&s.trace_id),
-                                    span_id: hex(&s.span_id),
-                                    parent_span_id: hex(&s.parent_span_id),
-                                    attributes: flatten(&s.attributes),
-                                });
-                            }
-                        }
-                    }
-                    // An empty ExportTraceServiceResponse.
-                    (StatusCode::OK, Vec::new())
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { endpoint, spans }
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
-    }
-
-    /// Waits until `pred` holds for the spans received.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&[Span]) -> bool) -> Vec<Span> {
-        let started = Instant::now();
-        loop {
-            let spans = self.spans();
-            if pred(&spans) {
-                return spans;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "never received {what}; got {spans:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn traceparent(trace_id: &str, span_id: &str) -> FieldTable {
     let mut headers = FieldTable::default();

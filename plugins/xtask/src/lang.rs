@@ -1,6 +1,7 @@
 //! Builds the `textcase` plugin in C, JavaScript, Python and Go (the Rust
 //! one is a member of `plugins/rust`), each into
-//! `target/lang-plugins/textcase-<lang>.wasm`.
+//! `target/lang-plugins/textcase-<lang>.wasm`; JavaScript also builds
+//! `enrich-js.wasm`, the `enrich` example over `fetch()`.
 //!
 //! The toolchains are pinned (the constants below), installed on first use
 //! from the reachable registries (crates.io, PyPI, npm, Debian) and kept in
@@ -515,26 +516,47 @@ fn build_python() -> Result<PathBuf, BuildError> {
 }
 
 fn build_js() -> Result<PathBuf, BuildError> {
-    let tool = componentize_js()?;
     let out = out_file("js");
-    run(
-        Command::new(tool)
-            .arg(repo_root().join("plugins").join("js").join("textcase.js"))
-            .arg("--wit")
-            .arg(wit_dir())
-            .args([
-                "--world-name",
-                "text-plugin",
-                "-d",
-                "http",
-                "-d",
-                "fetch-event",
-                "-o",
-            ])
-            .arg(&out),
-        "componentize-js (textcase-js)",
+    let js = repo_root().join("plugins").join("js");
+    // textcase needs no WASI beyond the defaults: `http` (fetch) off.
+    componentize_js_file(&js.join("textcase.js"), &["http", "fetch-event"], &out)?;
+    // enrich-js calls fetch(): `http` stays on, so the component imports
+    // wasi:http and its requests go through the outbound grants.
+    let enrich = lang_artifacts_dir().join(format!("{JS_ENRICH}.wasm"));
+    if enrich.exists() {
+        std::fs::remove_file(&enrich)
+            .map_err(|e| err(format!("cannot remove {}: {e}", enrich.display())))?;
+    }
+    componentize_js_file(
+        &js.join("enrich").join("enrich.js"),
+        &["fetch-event"],
+        &enrich,
     )?;
     Ok(out)
+}
+
+/// The JavaScript `enrich` example (`plugins/js/enrich`), which `js` builds
+/// beside `textcase-js` into `target/lang-plugins/enrich-js.wasm`.
+pub const JS_ENRICH: &str = "enrich-js";
+
+/// componentize-js on `source` against the `text-plugin` world, with the
+/// engine features `disable` turned off, into `out`.
+fn componentize_js_file(source: &Path, disable: &[&str], out: &Path) -> Result<(), BuildError> {
+    let tool = componentize_js()?;
+    let mut cmd = Command::new(tool);
+    cmd.arg(source)
+        .arg("--wit")
+        .arg(wit_dir())
+        .args(["--world-name", "text-plugin"]);
+    for feature in disable {
+        cmd.args(["-d", feature]);
+    }
+    cmd.arg("-o").arg(out);
+    let name = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    run(&mut cmd, &format!("componentize-js ({name})"))
 }
 
 fn build_go() -> Result<PathBuf, BuildError> {

@@ -243,8 +243,12 @@ impl WasiHttpHooks for Outbound {
             ledger: self.ledger.clone(),
             limit: self.policy.max_response_bytes,
         };
+        // wasmtime-wasi-http spawns the returned future on a task of its
+        // own, where no span is current: the client span's parent is the
+        // span the guest's call runs in (the job's), taken here.
         Box::new(send::send(
             request,
+            tracing::Span::current(),
             target,
             tokio::time::Instant::from_std(until),
             body_budget,

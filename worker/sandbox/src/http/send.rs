@@ -87,9 +87,11 @@ pub(super) struct BodyBudget {
     pub(super) limit: usize,
 }
 
-/// Sends `request` to `target`, by `until`.
+/// Sends `request` to `target`, by `until`, in a client span under
+/// `parent`.
 pub(super) async fn send(
     mut request: http::Request<WasiBody>,
+    parent: tracing::Span,
     target: Target,
     until: tokio::time::Instant,
     budget: BodyBudget,
@@ -100,6 +102,7 @@ pub(super) async fn send(
     let method = request.method().clone();
     let span = tracing::info_span!(
         target: "kiln::http",
+        parent: &parent,
         "http.client",
         otel.name = %method,
         otel.kind = "client",
