@@ -157,6 +157,7 @@ fn reply_setup() -> Reply {
         plugin: PLUGIN.to_owned(),
         plugin_version: Some("1.0.0".to_owned()),
         instance: None,
+        http_requests: 0,
         body: ReplyBody::Ok(Success {
             output: text.to_uppercase(),
             metadata,

@@ -206,6 +206,7 @@ mod tests {
                 plugin: "upper".into(),
                 plugin_version: Some("1.0.0".into()),
                 instance: None,
+                http_requests: 0,
                 body: ReplyBody::Ok(Success {
                     output: "X".into(),
                     metadata: Metadata::default(),

@@ -186,7 +186,6 @@ impl Pipeline {
                 m.instance_reused(plugin.name());
             }
         }
-        let http_requests = http.len() as u64;
         // Only plugins that may reuse instances say which one ran the job.
         let instance = (plugin.reuse_jobs() > 1).then_some(if reused {
             InstanceUse::Reused
@@ -198,13 +197,10 @@ impl Pipeline {
             plugin: plugin.name().to_owned(),
             plugin_version: Some(version),
             instance,
+            http_requests: u32::try_from(http.len()).unwrap_or(u32::MAX),
             body,
         };
-        let mut handled = self.finish(reply, attempt);
-        if http_requests > 0 {
-            kiln_protocol::append_count(&mut handled.encoded, "http_requests", http_requests);
-        }
-        handled
+        self.finish(reply, attempt)
     }
 
     fn finish(&self, reply: Reply, attempt: u32) -> Handled {

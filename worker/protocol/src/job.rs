@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::outcome::{ErrorKind, JobError};
-use crate::reply::{Reply, ReplyBody};
+use crate::reply::Reply;
 
 /// What a job asks the plugin to transform.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,25 +150,17 @@ impl RequestError {
     /// The error reply to send for this request (its `plugin` is empty when
     /// the body did not name one).
     pub fn to_reply(&self) -> Reply {
-        Reply {
-            job_id: self.job_id.clone(),
-            plugin: self.plugin.clone().unwrap_or_default(),
-            plugin_version: None,
-            instance: None,
-            body: ReplyBody::Error(self.error.clone()),
-        }
+        Reply::error(
+            self.job_id.clone(),
+            self.plugin.clone().unwrap_or_default(),
+            self.error.clone(),
+        )
     }
 }
 
 impl From<RequestError> for Reply {
     fn from(error: RequestError) -> Self {
-        Reply {
-            job_id: error.job_id,
-            plugin: error.plugin.unwrap_or_default(),
-            plugin_version: None,
-            instance: None,
-            body: ReplyBody::Error(error.error),
-        }
+        Reply::error(error.job_id, error.plugin.unwrap_or_default(), error.error)
     }
 }
 

@@ -20,8 +20,8 @@ pub use outcome::{
     admission, carried, disposition,
 };
 pub use reply::{
-    Handled, InstanceUse, ItemOk, Metadata, Reply, ReplyBody, Status, Success, append_count,
-    encode_reply, encode_reply_checked,
+    Handled, InstanceUse, ItemOk, Metadata, Reply, ReplyBody, Status, Success, encode_reply,
+    encode_reply_checked,
 };
 
 #[cfg(test)]

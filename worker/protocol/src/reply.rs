@@ -113,6 +113,9 @@ pub struct Reply {
     /// instances, so replies of the default (a fresh instance per job) stay
     /// as they were.
     pub instance: Option<InstanceUse>,
+    /// Outgoing HTTP requests the job made through its plugin's grants
+    /// (`http_requests`, present when above 0).
+    pub http_requests: u32,
     /// The outcome.
     pub body: ReplyBody,
 }
@@ -125,6 +128,7 @@ impl Reply {
             plugin: plugin.into(),
             plugin_version: None,
             instance: None,
+            http_requests: 0,
             body: ReplyBody::Error(error),
         }
     }
@@ -176,7 +180,7 @@ fn batch_status(results: &[Result<ItemOk, JobError>]) -> Status {
 
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Reply", 9)?;
+        let mut s = serializer.serialize_struct("Reply", 10)?;
         s.serialize_field("job_id", &self.job_id)?;
         s.serialize_field("plugin", &self.plugin)?;
         match &self.plugin_version {
@@ -186,6 +190,11 @@ impl Serialize for Reply {
         match &self.instance {
             Some(instance) => s.serialize_field("instance", instance)?,
             None => s.skip_field("instance")?,
+        }
+        if self.http_requests > 0 {
+            s.serialize_field("http_requests", &self.http_requests)?;
+        } else {
+            s.skip_field("http_requests")?;
         }
         s.serialize_field("status", &self.status())?;
         match &self.body {
@@ -249,6 +258,8 @@ struct WireReply {
     plugin: String,
     plugin_version: Option<String>,
     instance: Option<InstanceUse>,
+    #[serde(default)]
+    http_requests: u32,
     status: Status,
     output: Option<String>,
     metadata: Option<Metadata>,
@@ -331,6 +342,7 @@ impl WireReply {
             plugin: self.plugin,
             plugin_version: self.plugin_version,
             instance: self.instance,
+            http_requests: self.http_requests,
             body,
         })
     }
@@ -414,27 +426,13 @@ pub fn encode_reply_checked(reply: &Reply, max_reply_bytes: usize) -> (Vec<u8>, 
         plugin: reply.plugin.clone(),
         plugin_version: reply.plugin_version.clone(),
         instance: reply.instance,
+        http_requests: reply.http_requests,
         body: ReplyBody::Error(error.clone()),
     };
     (
         serde_json::to_vec(&fallback).unwrap_or_default(),
         Some(error),
     )
-}
-
-/// Adds `"key": value` to an encoded reply (a JSON object), as its last
-/// field. For counts only some replies carry, such as `http_requests` (the
-/// outgoing HTTP requests the job made, present when there were any); the
-/// [`Reply`] type does not hold them, and readers ignore what they do not
-/// know. A buffer that does not end with `}` is left as it is.
-pub fn append_count(encoded: &mut Vec<u8>, key: &str, value: u64) {
-    if encoded.last() != Some(&b'}') {
-        return;
-    }
-    encoded.pop();
-    let empty = encoded.last() == Some(&b'{');
-    let field = format!("{}\"{key}\":{value}}}", if empty { "" } else { "," });
-    encoded.extend_from_slice(field.as_bytes());
 }
 
 /// What became of one attempt at a job.
@@ -501,6 +499,7 @@ mod tests {
             plugin: "upper".into(),
             plugin_version: plugin_version.map(str::to_owned),
             instance: None,
+            http_requests: 0,
             body,
         }
     }
@@ -763,15 +762,19 @@ mod tests {
             ".{0,8}",
             proptest::option::of(".{0,8}"),
             instance,
+            0u32..4,
             body,
         )
-            .prop_map(|(job_id, plugin, plugin_version, instance, body)| Reply {
-                job_id,
-                plugin,
-                plugin_version,
-                instance,
-                body,
-            })
+            .prop_map(
+                |(job_id, plugin, plugin_version, instance, http_requests, body)| Reply {
+                    job_id,
+                    plugin,
+                    plugin_version,
+                    instance,
+                    http_requests,
+                    body,
+                },
+            )
     }
 
     /// Metadata in order, since `IndexMap`'s `==` ignores it.
@@ -834,18 +837,15 @@ mod tests {
     }
 
     #[test]
-    fn a_count_is_appended_as_the_last_field() {
-        let reply = Reply::error("j", "p", JobError::new(ErrorKind::Timeout, "t"));
-        let (mut encoded, _) = encode_reply_checked(&reply, 1 << 20);
-        append_count(&mut encoded, "http_requests", 3);
+    fn http_requests_is_written_when_there_were_any_and_read_back() {
+        let mut reply = Reply::error("j", "p", JobError::new(ErrorKind::Timeout, "t"));
+        let none = serde_json::to_value(&reply).unwrap();
+        assert!(none.get("http_requests").is_none(), "{none}");
+        reply.http_requests = 3;
+        let encoded = encode_reply(&reply, 1 << 20);
         let value: serde_json::Value = serde_json::from_slice(&encoded).unwrap();
         assert_eq!(value["http_requests"], 3, "{value}");
-        assert_eq!(value["job_id"], "j", "{value}");
-        let mut empty = b"{}".to_vec();
-        append_count(&mut empty, "n", 1);
-        assert_eq!(empty, br#"{"n":1}"#);
-        let mut junk = b"[1]".to_vec();
-        append_count(&mut junk, "n", 1);
-        assert_eq!(junk, b"[1]");
+        let back: Reply = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(back, reply);
     }
 }
