@@ -360,6 +360,7 @@ async fn the_worker_logs_its_settings_and_state_changes_at_info_by_default() {
         .unwrap_or_else(|| panic!("no start line in {log}"));
     for field in [
         format!("queue\":\"{}", q.name()),
+        "shards\":1".to_owned(),
         "prefetch\":7".to_owned(),
         "concurrency\":2".to_owned(),
         "plugins\":\"uppercase@".to_owned(),

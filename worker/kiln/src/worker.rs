@@ -108,6 +108,8 @@ pub async fn run(
     tracing::info!(
         url = %config.amqp.redacted_url(),
         queue = %config.amqp.queue,
+        shards = config.amqp.shards,
+        shard_ids = ?config.amqp.shard_ids,
         prefetch = config.amqp.prefetch,
         concurrency,
         plugins = %loaded.join(","),
