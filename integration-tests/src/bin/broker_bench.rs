@@ -12,9 +12,11 @@
 //! jobs queue of each type (quorum and classic), for each prefetch of the
 //! sweep and each system under test:
 //!
-//! - **echo**: the ceiling, a bare lapin consumer in this process with
-//!   Kiln's discipline (publish the reply on a confirm channel, wait for
-//!   the confirm, ack the delivery) and no work;
+//! - **echo**: the ceiling, a bare lapin consumer with Kiln's discipline
+//!   (publish the reply on a confirm channel, wait for the confirm, ack the
+//!   delivery) and no work, in a process of its own (this binary again,
+//!   hidden subcommand `__echo-consumer`), whose CPU per job from `/proc`
+//!   is the floor Kiln's worker CPU per job is read against;
 //! - **kiln**: `target/release/kiln worker --queue <Q> --prefetch P
 //!   --concurrency P`, running the `uppercase` plugin;
 //! - **celery**: Celery 5 (venv made by the harness), prefork pool of 2,
@@ -294,8 +296,8 @@ struct RunResult {
     max_ms: f64,
     /// First publish to last publisher confirm (Celery: last apply_async).
     publish_seconds: f64,
-    /// Kiln only: the worker process's CPU time (user + system) during the
-    /// load, per job answered.
+    /// Echo and Kiln: the consumer process's CPU time (user + system)
+    /// during the load, per job answered (for echo, the floor).
     worker_cpu_us_per_job: Option<f64>,
     /// The broker's (every `beam.smp`'s) CPU time during the load, per job
     /// answered: a job is two messages in and out (the job, its reply).
@@ -348,6 +350,10 @@ struct Bench {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(echo::SUBCOMMAND) {
+        return echo::serve(&argv[2..]).await;
+    }
     let mut args = Args::parse();
     let repo = args.repo.clone();
     let out = args
@@ -538,7 +544,7 @@ impl Bench {
         let log = self.log_dir.join(format!("{base}.log"));
         let outcome = match system {
             System::Echo => {
-                self.run_echo(qt, prefetch, &topology, &reply_queue, &workload)
+                self.run_echo(qt, prefetch, &topology, &reply_queue, &workload, &log)
                     .await
             }
             System::Kiln => {
@@ -607,6 +613,7 @@ impl Bench {
         topology: &kiln_broker::Topology,
         reply_queue: &str,
         workload: &Workload,
+        log: &Path,
     ) -> Result<Outcome> {
         let queue = topology.jobs.as_str();
         if topology.exchange().is_some() {
@@ -618,11 +625,19 @@ impl Bench {
             amqp::declare_jobs_queue(&self.admin, queue, qt).await?;
         }
         amqp::declare_reply_queue(&self.admin, reply_queue).await?;
-        // One consumer (connection and channels) per shard.
-        let mut echoes = Vec::new();
-        for shard in topology.consumed() {
-            echoes.push(echo::Echo::start(&self.args.amqp_url, &shard.jobs, prefetch).await?);
+        // One process, one consumer (connection and channels) per shard.
+        let consumed = topology.consumed();
+        let queues: Vec<&str> = consumed.iter().map(|s| s.jobs.as_str()).collect();
+        let mut echo = echo::EchoProcess::spawn(&self.args.amqp_url, &queues, prefetch, log)?;
+        let last = queues.last().copied().unwrap_or(queue);
+        if let Err(e) =
+            amqp::wait_for_consumer(&self.admin, last, Duration::from_secs(60), || echo.alive())
+                .await
+        {
+            let _ = echo.stop().await;
+            return Ok(Outcome::Skip(format!("echo did not start: {e:#}")));
         }
+        let cpu_before = echo.cpu_time();
         let broker_before = proc::broker_cpu();
         let load = amqp::run_load(&self.spec(
             Some(topology),
@@ -634,18 +649,23 @@ impl Bench {
         ))
         .await;
         let broker_cpu = cpu_since(broker_before, proc::broker_cpu());
-        let mut failures = 0;
-        for echo in echoes {
-            failures += echo.stop().await;
-        }
+        let cpu = cpu_since(cpu_before, echo.cpu_time());
+        let alive = echo.alive();
+        let stopped = echo.stop().await;
         let mut load = load?;
-        if failures > 0 {
-            load.notes.push(format!(
+        if let Err(reason) = alive {
+            load.notes.push(reason);
+        }
+        match stopped {
+            Ok(0) => {}
+            Ok(failures) => load.notes.push(format!(
                 "echo: {failures} replies unconfirmed or acks failed"
-            ));
+            )),
+            Err(reason) => load.notes.push(reason),
         }
         let mut result = result(System::Echo, qt, prefetch, self.args.jobs, load);
         result.shards = topology.shards().len().try_into().unwrap_or(u16::MAX);
+        result.worker_cpu_us_per_job = per_job(cpu, result.received);
         result.broker_cpu_us_per_job = per_job(broker_cpu, result.received);
         Ok(Outcome::Done(result))
     }

@@ -54,7 +54,8 @@ pub(crate) fn queue_wait(timestamp: Option<u64>, received: SystemTime) -> Option
     Some(received.duration_since(sent).unwrap_or(Duration::ZERO))
 }
 
-/// What one delivery's task needs.
+/// What a delivery's task needs: one per consume channel, shared by its
+/// deliveries' tasks.
 pub(crate) struct Job<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) publisher: Publisher,
@@ -70,7 +71,7 @@ impl<H: JobHandler> Job<H> {
     /// the reply's confirm and the ack: the concurrency limit bounds the
     /// sandboxes running, not round trips to the broker (prefetch bounds
     /// those).
-    pub(crate) async fn process(self, delivery: Delivery, slot: OwnedSemaphorePermit) {
+    pub(crate) async fn process(self: Arc<Self>, delivery: Delivery, slot: OwnedSemaphorePermit) {
         let incoming = Incoming::read(&delivery.properties);
         // A retry keeps the producer's timestamp, so its wait would count
         // the earlier attempts and the backoff: only first attempts count.
@@ -163,7 +164,7 @@ impl<H: JobHandler> Job<H> {
             } = publish;
             let returned = self
                 .publisher
-                .publish(queue, body.to_vec(), properties, mandatory)
+                .publish(queue, body, properties, mandatory)
                 .await?;
             if let Some(returned) = returned {
                 self.stats.unroutable_replies.fetch_add(1, Relaxed);

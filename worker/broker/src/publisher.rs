@@ -66,11 +66,12 @@ impl Publisher {
 
     /// Publishes `body` to `routing_key` on the default exchange and waits
     /// for the broker's confirm; `Some` if the confirm carried a returned
-    /// message (this one's or another's).
+    /// message (this one's or another's). `body` is borrowed: lapin copies
+    /// it into its frames, so a caller that keeps it need not copy it first.
     pub async fn publish(
         &self,
         routing_key: &str,
-        body: Vec<u8>,
+        body: impl AsRef<[u8]> + Send,
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<Option<Returned>, BrokerError> {
@@ -82,7 +83,7 @@ impl Publisher {
             ShortString::from(""),
             ShortString::from(routing_key),
             options,
-            &body,
+            body.as_ref(),
             properties,
         ));
         // The first poll numbers the publish and queues its frames: under the

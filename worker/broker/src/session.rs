@@ -201,6 +201,23 @@ impl<H: JobHandler> Worker<H> {
                 }
             })
             .collect();
+        // What every job of a lane shares, made once per lane: a delivery
+        // then costs one reference count, not a clone of the topology's
+        // queue names and of the channel handles.
+        let jobs: Vec<Arc<Job<H>>> = lanes
+            .iter()
+            .map(|lane| {
+                Arc::new(Job {
+                    handler: self.handler.clone(),
+                    publisher: publisher.clone(),
+                    settler: lane.settler.clone(),
+                    topology: lane.topology.clone(),
+                    stats: self.stats.clone(),
+                    delivery_limit: self.config.delivery_limit,
+                    trace: self.trace.clone(),
+                })
+            })
+            .collect();
         let inflight: Arc<Mutex<HashSet<(usize, u64)>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
@@ -237,15 +254,7 @@ impl<H: JobHandler> Worker<H> {
                     };
                     let Ok(permit) = permit else { break None };
                     inflight.lock().unwrap_or_else(|e| e.into_inner()).insert((index, delivery.delivery_tag));
-                    let job = Job {
-                        handler: self.handler.clone(),
-                        publisher: publisher.clone(),
-                        settler: lane.settler.clone(),
-                        topology: lane.topology.clone(),
-                        stats: self.stats.clone(),
-                        delivery_limit: self.config.delivery_limit,
-                        trace: self.trace.clone(),
-                    };
+                    let Some(job) = jobs.get(index).cloned() else { continue };
                     let inflight = inflight.clone();
                     tasks.spawn(async move {
                         let tag = delivery.delivery_tag;

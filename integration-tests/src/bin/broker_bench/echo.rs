@@ -4,9 +4,17 @@
 //! confirm-mode channel, waits for the broker's confirm, then acks the
 //! delivery. Same broker, same prefetch: whatever Kiln loses against it is
 //! Kiln's own cost.
+//!
+//! It runs as a process of its own, like `kiln worker`: the harness
+//! re-executes itself with the hidden subcommand [`SUBCOMMAND`] ([`serve`]),
+//! so the echo consumer's CPU per job is read from `/proc` exactly as the
+//! worker's is, and the harness's publisher and reply consumer do not share
+//! its runtime. That CPU per job is the floor for a lapin consumer with this
+//! discipline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -19,6 +27,14 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::task::JoinHandle;
 
 use crate::amqp;
+use crate::proc::{self, Group};
+
+/// The hidden first argument that makes `broker-bench` the echo consumer.
+pub(crate) const SUBCOMMAND: &str = "__echo-consumer";
+
+/// The line [`serve`] prints when it stops: `<prefix> <n>`, the number of
+/// replies not confirmed or deliveries not acked.
+const FAILURES: &str = "echo-consumer failures:";
 
 const TAG: &str = "kiln-bench-echo";
 
@@ -28,6 +44,81 @@ pub(crate) struct Echo {
     consume_ch: Channel,
     task: JoinHandle<Result<()>>,
     failures: Arc<AtomicU64>,
+}
+
+/// `broker-bench __echo-consumer <url> <prefetch> <queue>...`: one echo
+/// consumer (connection and channels) per queue until SIGTERM or SIGINT,
+/// then stops them and prints the failures line.
+pub(crate) async fn serve(args: &[String]) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let [url, prefetch, queues @ ..] = args else {
+        anyhow::bail!("usage: broker-bench {SUBCOMMAND} <url> <prefetch> <queue>...");
+    };
+    let prefetch: u16 = prefetch.parse().context("prefetch")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut echoes = Vec::new();
+    for queue in queues {
+        echoes.push(Echo::start(url, queue, prefetch).await?);
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let mut failures = 0;
+    for echo in echoes {
+        failures += echo.stop().await;
+    }
+    println!("{FAILURES} {failures}");
+    Ok(())
+}
+
+/// The echo consumer as a child process (this binary, [`SUBCOMMAND`]).
+pub(crate) struct EchoProcess {
+    group: Group,
+    log: std::path::PathBuf,
+}
+
+impl EchoProcess {
+    /// Starts the echo process on `queues`, its output in `log`.
+    pub(crate) fn spawn(
+        url: &str,
+        queues: &[&str],
+        prefetch: u16,
+        log: &std::path::Path,
+    ) -> Result<EchoProcess> {
+        let exe = std::env::current_exe().context("finding broker-bench itself")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(SUBCOMMAND)
+            .arg(url)
+            .arg(prefetch.to_string())
+            .args(queues);
+        Ok(EchoProcess {
+            group: Group::spawn(cmd, "echo consumer", log)?,
+            log: log.to_owned(),
+        })
+    }
+
+    /// `Ok` while it runs (see [`Group::alive`]).
+    pub(crate) fn alive(&mut self) -> std::result::Result<(), String> {
+        self.group.alive()
+    }
+
+    /// Its CPU time so far (see [`Group::cpu_time`]).
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        self.group.cpu_time()
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 10 s) and returns the failures
+    /// it printed, or `Err` when it printed none.
+    pub(crate) async fn stop(self) -> std::result::Result<u64, String> {
+        self.group.stop(Duration::from_secs(10)).await;
+        let tail = proc::tail(&self.log, 15);
+        tail.lines()
+            .find_map(|l| l.strip_prefix(FAILURES))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| format!("the echo process did not report; end of its log:\n{tail}"))
+    }
 }
 
 impl Echo {
