@@ -185,22 +185,35 @@ impl ComponentCache {
         let started = std::time::Instant::now();
         let cwasm = engine.precompile_component(wasm)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-        let state = match self.store(&key, &cwasm) {
+        match self.store(&key, &cwasm) {
             Ok(Some(path)) => {
                 tracing::info!(plugin = %origin.display(), cache = %path.display(), compile_ms, "component compiled and cached");
-                CacheState::Compiled
+                // Map the entry just written rather than keep the compiled
+                // bytes: its code is then file-backed, shared with other
+                // workers and reclaimable, as on every warm start (a JS or
+                // Python component is about 40 MB of it).
+                // SAFETY: Kiln wrote this file a moment ago from this
+                // engine's `precompile_component`, by an atomic rename; a
+                // concurrent writer of the same key writes the same kind of
+                // artifact the same way.
+                #[allow(unsafe_code)]
+                match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(component) => return Ok((component, CacheState::Compiled)),
+                    Err(error) => {
+                        tracing::warn!(plugin = %origin.display(), cache = %path.display(), error = %format!("{error:#}"), "cannot map the entry just cached, keeping it in memory");
+                    }
+                }
             }
-            Ok(None) => CacheState::CompiledInMemory,
+            Ok(None) => {}
             Err((path, error)) => {
                 tracing::warn!(plugin = %origin.display(), cache = %path.display(), %error, compile_ms, "cannot write the component cache, compiled in memory");
-                CacheState::CompiledInMemory
             }
-        };
+        }
         // SAFETY: these bytes were produced just now by this engine's
         // `precompile_component`; they never left this process.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(engine, &cwasm) }?;
-        Ok((component, state))
+        Ok((component, CacheState::CompiledInMemory))
     }
 
     /// Compiles `wasm` into `dir` (the baked tier at image build time, or
@@ -242,8 +255,10 @@ impl ComponentCache {
 
 /// Verifies an entry's digest against its sidecar, then deserializes it.
 fn load_entry(engine: &Engine, path: &Path) -> Result<Component, EntryError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    // Hashed as it streams: reading a 40 MB entry whole would leave a
+    // 40 MB allocation behind in the worker's heap for the sake of a digest.
+    let digest = match digest_file(path) {
+        Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EntryError::Missing),
         Err(e) => return Err(EntryError::Io(e)),
     };
@@ -252,7 +267,7 @@ fn load_entry(engine: &Engine, path: &Path) -> Result<Component, EntryError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EntryError::NoSidecar),
         Err(e) => return Err(EntryError::Io(e)),
     };
-    if expected.trim() != hex::encode(Sha256::digest(&bytes)) {
+    if expected.trim() != digest {
         return Err(EntryError::DigestMismatch);
     }
     // SAFETY: the file's content matches the digest Kiln recorded when it
@@ -263,6 +278,23 @@ fn load_entry(engine: &Engine, path: &Path) -> Result<Component, EntryError> {
     #[allow(unsafe_code)]
     let loaded = unsafe { Component::deserialize_file(engine, path) };
     loaded.map_err(|e| EntryError::Incompatible(format!("{e:#}")))
+}
+
+/// The sha256 of a file, in hex, read in 64 KiB pieces.
+fn digest_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Writes `<key>.cwasm` and its sidecar atomically (temp file + rename).
@@ -312,6 +344,54 @@ mod tests {
                 baked_dir: None,
             },
         )
+    }
+
+    /// The mapping of `/proc/self/maps` that holds `addr`, if any.
+    #[cfg(target_os = "linux")]
+    fn mapping_of(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find(|line| {
+                let range = line.split_whitespace().next().unwrap_or("");
+                let Some((lo, hi)) = range.split_once('-') else {
+                    return false;
+                };
+                let lo = usize::from_str_radix(lo, 16).unwrap_or(usize::MAX);
+                let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+                (lo..hi).contains(&addr)
+            })
+            .map(str::to_owned)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_component_compiled_now_is_mapped_from_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = cache(dir.path());
+        let wasm = wat::parse_str(COMPONENT).unwrap();
+        let (component, state) = cache.load(&engine, Path::new("t.wasm"), &wasm).unwrap();
+        assert_eq!(state, CacheState::Compiled);
+        let entry = ComponentCache::entry_path(dir.path(), &cache.key(&wasm));
+        let mapping = mapping_of(component.image_range().start.addr()).unwrap();
+        assert!(
+            mapping.ends_with(&*entry.to_string_lossy()),
+            "the code is not mapped from {}: {mapping}",
+            entry.display()
+        );
+
+        // Compiled without a cache directory, it can only be in memory.
+        let in_memory = ComponentCache::new(
+            &engine,
+            &CacheConfig {
+                dir: None,
+                baked_dir: None,
+            },
+        );
+        let (component, state) = in_memory.load(&engine, Path::new("t.wasm"), &wasm).unwrap();
+        assert_eq!(state, CacheState::CompiledInMemory);
+        let mapping = mapping_of(component.image_range().start.addr()).unwrap();
+        assert!(!mapping.contains(".cwasm"), "{mapping}");
     }
 
     #[test]
