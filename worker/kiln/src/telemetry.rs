@@ -31,8 +31,9 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -152,11 +153,20 @@ fn tracer_provider() -> Result<SdkTracerProvider, String> {
 /// reply itself, with the job id, the routing key and the size only.
 pub const SILENCED_TARGETS: &[&str] = &["lapin::returned_messages"];
 
+/// A filter that drops [`SILENCED_TARGETS`] and lets everything else through
+/// up to `default`.
+fn silenced(default: LevelFilter) -> Targets {
+    SILENCED_TARGETS
+        .iter()
+        .fold(Targets::new(), |t, target| {
+            t.with_target(*target, LevelFilter::OFF)
+        })
+        .with_default(default)
+}
+
 /// Installs the global subscriber: logs, and the OpenTelemetry layer when
 /// [`export_requested`].
 pub fn init(log: &LogConfig) -> Telemetry {
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::filter::{LevelFilter, Targets};
     // `validate` checked `log.filter`; a bad `RUST_LOG` falls back to it.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.filter))
@@ -167,10 +177,11 @@ pub fn init(log: &LogConfig) -> Telemetry {
         LogFormat::Text => false,
     };
     // Whatever `RUST_LOG` says, events that carry message bodies never
-    // reach a log line.
-    let filter = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
-        !SILENCED_TARGETS.contains(&meta.target())
-    }));
+    // reach a log line. `silenced` is a `Targets` rather than a closure: it
+    // gives a level hint, so the combined filter's maximum level stays the
+    // `EnvFilter`'s, and disabled call sites (lapin's debug and trace
+    // records, through `tracing-log`) are rejected once, not per event.
+    let filter = filter.and(silenced(LevelFilter::TRACE));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
         fmt.json()
@@ -190,12 +201,7 @@ pub fn init(log: &LogConfig) -> Telemetry {
     let traces = provider.as_ref().map(|p| {
         // The job and publish spans (kiln_broker), `kiln enqueue`'s root
         // span, and warnings and errors as span events.
-        let targets = SILENCED_TARGETS
-            .iter()
-            .fold(Targets::new(), |t, target| {
-                t.with_target(*target, LevelFilter::OFF)
-            })
-            .with_default(LevelFilter::WARN)
+        let targets = silenced(LevelFilter::WARN)
             .with_target("kiln_broker", LevelFilter::INFO)
             // Plugins' outgoing HTTP requests (kiln_sandbox::http).
             .with_target("kiln::http", LevelFilter::INFO)
@@ -468,6 +474,24 @@ impl TraceHeaders for W3cHeaders {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// The silencing filter keeps the log filter's level hint (a closure
+    /// would erase it, leaving every debug and trace call site of every
+    /// library live, at a cost per event), and still drops the silenced
+    /// targets at any level.
+    #[test]
+    fn silencing_keeps_the_level_hint_and_drops_the_silenced_targets() {
+        use tracing_subscriber::layer::Filter;
+        type S = tracing_subscriber::Registry;
+        let filter = EnvFilter::new("info").and(silenced(LevelFilter::TRACE));
+        assert_eq!(
+            Filter::<S>::max_level_hint(&filter),
+            Some(LevelFilter::INFO)
+        );
+        let targets = silenced(LevelFilter::TRACE);
+        assert!(!targets.would_enable(SILENCED_TARGETS[0], &tracing::Level::ERROR));
+        assert!(targets.would_enable("lapin::channel", &tracing::Level::TRACE));
+    }
 
     /// A log line in an exported span carries its trace and span ids; one
     /// outside any span carries neither.
