@@ -16,10 +16,11 @@
 //! - jobs/s through the embedded pipeline (`kiln run --jobs`, warm cache),
 //!   fresh and with `reuse_jobs = 1000`, as kiln's own summary line reports:
 //!   every language in each of `KILN_BENCH_ROUNDS` rounds (default 3),
-//!   side by side, the median kept, and its ratio to Rust fresh. The jobs
-//!   are 200 B in mode `upper`, with every tenth job a row of the golden
-//!   table (`plugins/golden/textcase.json`, every mode), and every reply is
-//!   checked against its expected output.
+//!   side by side, the median kept, and its ratio to Rust fresh. The timed
+//!   jobs are 200 B in mode `upper`, the workload, every reply
+//!   checked; before the rounds, each set-up runs every row of the golden
+//!   table (`plugins/golden/textcase.json`) in every mode, three times
+//!   over, every reply checked against the table and failures counted.
 //!
 //! - a worker's resident memory: `kiln run --jobs` reading a FIFO, so that
 //!   it loads its plugins, runs one `textcase` job per language it holds and
@@ -245,14 +246,46 @@ fn golden_cases(lang: &str) -> Vec<(String, String, String)> {
     cases
 }
 
+/// A jobs file for `kiln run --jobs` and the expected output of each job.
+struct Jobs {
+    path: PathBuf,
+    expected: BTreeMap<String, String>,
+}
+
+impl Jobs {
+    /// `cases` (input, mode, expected output) for `textcase-<lang>`, written
+    /// to `path`.
+    fn write(path: PathBuf, lang: &str, cases: &[(String, String, String)]) -> Self {
+        let mut body = String::new();
+        let mut expected = BTreeMap::new();
+        for (i, (input, mode, output)) in cases.iter().enumerate() {
+            let id = format!("job-{i}");
+            let job = json!({
+                "job_id": id,
+                "plugin": format!("textcase-{lang}"),
+                "input": input,
+                "config": {"mode": mode},
+            });
+            body.push_str(&job.to_string());
+            body.push('\n');
+            expected.insert(id, output.clone());
+        }
+        std::fs::write(&path, body).unwrap();
+        Self { path, expected }
+    }
+}
+
 /// One `kiln run --jobs` set-up: a plugins directory holding only
 /// `textcase-<lang>` (with a reuse manifest if asked), its warm cache, and
-/// its jobs file with the expected output of every job.
+/// two jobs files: the timed one, `count` jobs of 200 B in mode `upper`
+/// (the "textcase at 200 B"), and the golden one, every row of the
+/// golden table in every mode, three times over (so that a reused instance
+/// serves rows after other rows), which is checked but not timed.
 struct Pipeline {
     dir: tempfile::TempDir,
     config: PathBuf,
-    jobs: PathBuf,
-    expected: BTreeMap<String, String>,
+    timed: Jobs,
+    golden: Jobs,
 }
 
 impl Pipeline {
@@ -276,33 +309,19 @@ impl Pipeline {
         )
         .unwrap();
         let text = job_text(BYTES);
+        let upper = (text.clone(), "upper".to_owned(), text.to_uppercase());
+        let timed = Jobs::write(dir.path().join("timed.jsonl"), lang, &vec![upper; count]);
         let golden = golden_cases(lang);
-        let mut body = String::new();
-        let mut expected = BTreeMap::new();
-        for i in 0..count {
-            let id = format!("job-{i}");
-            let (input, mode, output) = if i % 10 == 9 {
-                golden[(i / 10) % golden.len()].clone()
-            } else {
-                (text.clone(), "upper".to_owned(), text.to_uppercase())
-            };
-            let job = json!({
-                "job_id": id,
-                "plugin": format!("textcase-{lang}"),
-                "input": input,
-                "config": {"mode": mode},
-            });
-            body.push_str(&job.to_string());
-            body.push('\n');
-            expected.insert(id, output);
-        }
-        let jobs = dir.path().join("jobs.jsonl");
-        std::fs::write(&jobs, body).unwrap();
+        let golden = Jobs::write(
+            dir.path().join("golden.jsonl"),
+            lang,
+            &[golden.clone(), golden.clone(), golden].concat(),
+        );
         let this = Self {
             dir,
             config,
-            jobs,
-            expected,
+            timed,
+            golden,
         };
         // Warm the cache.
         let out = this.kiln().arg("plugins").output().unwrap();
@@ -322,13 +341,13 @@ impl Pipeline {
     /// One run: kiln's jobs/s and the failed jobs, after checking every
     /// reply (a failed job is counted and its error printed, not fatal: a
     /// language's failures are a finding for the table).
-    fn run(&self, what: &str) -> (f64, usize) {
+    fn run(&self, jobs: &Jobs, what: &str) -> (f64, usize) {
         let replies = self.dir.path().join("replies.jsonl");
         let out = self
             .kiln()
             .arg("run")
             .arg("--jobs")
-            .arg(&self.jobs)
+            .arg(&jobs.path)
             .arg("--out")
             .arg(&replies)
             .output()
@@ -348,13 +367,13 @@ impl Pipeline {
             } else {
                 assert_eq!(
                     reply["output"].as_str(),
-                    Some(self.expected[id].as_str()),
+                    Some(jobs.expected[id].as_str()),
                     "{what}: {reply}"
                 );
             }
             seen += 1;
         }
-        assert_eq!(seen, self.expected.len(), "{what}: every job answered");
+        assert_eq!(seen, jobs.expected.len(), "{what}: every job answered");
         assert!(
             out.status.success() || failed > 0,
             "kiln run failed for {what}: {stderr}"
@@ -596,9 +615,17 @@ fn main() {
             0,
         ));
     }
+    // Every row of the golden table, in every mode, through each set-up
+    // first: checked, not timed (a 48 KB row among 200 B jobs would time
+    // the row, not the language's per-job cost).
+    for (lang, kind, pipeline, _, failures) in &mut runs {
+        let (_, failed) = pipeline.run(&pipeline.golden, &format!("{lang} {kind} golden"));
+        eprintln!("golden table: textcase-{lang} {kind}: {failed} failed");
+        *failures += failed;
+    }
     for round in 0..rounds {
         for (lang, kind, pipeline, rates, failures) in &mut runs {
-            let (rate, failed) = pipeline.run(&format!("{lang} {kind}"));
+            let (rate, failed) = pipeline.run(&pipeline.timed, &format!("{lang} {kind}"));
             eprintln!("round {round}: textcase-{lang} {kind}: {rate:.0} jobs/s, {failed} failed");
             rates.push(rate);
             *failures += failed;

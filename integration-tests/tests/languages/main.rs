@@ -435,3 +435,47 @@ async fn golden_table_through_the_worker() {
     drop(worker);
     assert_no_failures(&failures);
 }
+
+/// The Go runtime's start-up runs at build time, not in every instance:
+/// `cargo xtask plugins` and the Go scaffold pre-initialize the core module
+/// with Wizer (docs/PLUGINS.md). Fuel counts guest instructions, so it
+/// tells deterministically whether a fresh instance ran the start-up: a
+/// 200 B job burned 3.1 million units with it (the runtime's `_initialize`
+/// alone 3.0 million), against about 0.1 million for the job itself.
+#[test]
+fn go_plugins_do_not_start_their_runtime_per_job() {
+    let plugins = plugins();
+    let Some(go) = plugins.iter().find(|(lang, _)| *lang == "go") else {
+        return;
+    };
+    let cache = warm_cache(&plugins);
+    let dir = plugin_dir(std::slice::from_ref(go));
+    let jobs = dir.path().join("jobs.jsonl");
+    let replies = dir.path().join("replies.jsonl");
+    let text = kiln_integration_tests::job_text(200);
+    let job = json!({"job_id": "go-fuel", "plugin": "textcase-go", "input": text, "config": {"mode": "upper"}});
+    std::fs::write(&jobs, format!("{job}\n")).expect("write jobs");
+    let out = kiln_on("run", dir.path(), &cache)
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--out")
+        .arg(&replies)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kiln run starts");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value =
+        serde_json::from_str(std::fs::read_to_string(&replies).expect("replies").trim())
+            .expect("reply is JSON");
+    assert_eq!(reply["output"], text.to_uppercase(), "{reply}");
+    assert_eq!(reply["instance"], "fresh", "{reply}");
+    let fuel = reply["fuel_used"].as_u64().expect("fuel_used");
+    assert!(
+        fuel < 1_000_000,
+        "a fresh textcase-go job burned {fuel} fuel: its runtime started in the instance (was it built without Wizer?)"
+    );
+}

@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
+	// The WASI adapter's own allocator, for the Wizer snapshot (see the package).
+	_ "wit_component/adapterrealloc"
 	"wit_component/kiln_plugin_host_api"
 	"wit_component/kiln_plugin_types"
 )

