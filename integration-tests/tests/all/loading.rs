@@ -78,31 +78,6 @@ async fn a_directory_loads_what_it_can() {
     assert_eq!(registry.errors().len(), 2);
 }
 
-/// Files load concurrently (one per core); what a directory yields is still
-/// in file order, whichever load finishes first.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_directory_loads_concurrently_and_reports_in_file_order() {
-    let names = [
-        "invalid-unknown-import",
-        "invalid-wrong-types",
-        "markdown",
-        "reverse",
-        "uppercase",
-        "wordcount",
-    ];
-    let dir = plugin_dir(&names);
-    let registry = sandbox(Limits::default())
-        .load_dir(dir.path())
-        .await
-        .unwrap();
-    let loaded: Vec<_> = registry.plugins().map(|p| p.name().to_owned()).collect();
-    assert_eq!(loaded, ["markdown", "reverse", "uppercase", "wordcount"]);
-    let errors: Vec<String> = registry.errors().iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].contains("invalid_unknown_import"), "{errors:?}");
-    assert!(errors[1].contains("invalid_wrong_types"), "{errors:?}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn resolve_by_name_and_version() {
     let dir = plugin_dir(&["uppercase"]);

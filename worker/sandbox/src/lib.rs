@@ -165,26 +165,10 @@ impl Sandbox {
 
     /// Loads every `*.wasm` in `dir`. A file that fails is recorded in the
     /// registry's errors (and logged); the others still load.
-    ///
-    /// Up to one file per core loads at once: on a cold start each compile
-    /// has serial stretches (parsing, validation, linking the artifact) that
-    /// wasmtime's parallel compilation of functions leaves idle, and small
-    /// plugins have too few functions to fill the cores. The registry is
-    /// filled in file order, whatever order the loads finish in.
     pub async fn load_dir(&self, dir: &Path) -> std::io::Result<Registry> {
-        use futures::StreamExt as _;
-        let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let loads: Vec<_> = futures::stream::iter(wasm_files(dir)?)
-            .map(|path| async move {
-                let loaded = self.load_file(&path).await;
-                (path, loaded)
-            })
-            .buffered(parallel)
-            .collect()
-            .await;
         let mut registry = Registry::default();
-        for (path, loaded) in loads {
-            match loaded {
+        for path in wasm_files(dir)? {
+            match self.load_file(&path).await {
                 Ok(plugin) => {
                     tracing::info!(plugin = plugin.name(), version = %plugin.version(), path = %path.display(), cache = ?plugin.cache_state(), "plugin loaded");
                     registry.insert(plugin);
