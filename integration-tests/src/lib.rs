@@ -178,6 +178,31 @@ impl Captured {
     }
 }
 
+/// Runs `job` with this thread's `tracing` events (INFO and above)
+/// captured as JSON, and returns its output with the `kiln::audit` lines
+/// logged meanwhile. The capture is this thread's only: use a
+/// current-thread runtime.
+#[allow(clippy::expect_used)]
+pub async fn audited<T>(job: impl std::future::Future<Output = T>) -> (T, Vec<serde_json::Value>) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let log = tracing::subscriber::set_default(subscriber);
+    let out = job.await;
+    drop(log);
+    let audit = captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .filter(|l| l["target"] == "kiln::audit")
+        .collect();
+    (out, audit)
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0

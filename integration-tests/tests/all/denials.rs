@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use kiln::metrics::{Exposition, JobMetrics};
-use kiln_integration_tests::{Captured, ctx, load, plugin_dir, sandbox};
+use kiln_integration_tests::{audited, ctx, load, plugin_dir, sandbox};
 use kiln_protocol::Envelope;
 use kiln_sandbox::{Capability, Denial, Limits, MAX_AUDITED, Plugin, SingleRun};
 use serde_json::Value;
@@ -20,24 +20,9 @@ async fn snoop(
     job_id: &str,
     config: &[(&str, &str)],
 ) -> (SingleRun, Value, Vec<Value>) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let log = tracing::subscriber::set_default(subscriber);
-    let run = plugin.process(&ctx(job_id, config), "x").await;
-    drop(log);
+    let (run, audit) = audited(plugin.process(&ctx(job_id, config), "x")).await;
     let output = run.result.as_ref().map(|o| o.output.as_str());
     let report = serde_json::from_str(output.unwrap()).unwrap();
-    let audit = captured
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["target"] == "kiln::audit")
-        .collect();
     (run, report, audit)
 }
 

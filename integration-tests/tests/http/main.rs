@@ -23,7 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc, job};
 use kiln_integration_tests::otlp::Receiver;
-use kiln_integration_tests::{Captured, artifact, config, ctx, lang_plugins_dir, serial};
+use kiln_integration_tests::{Captured, artifact, audited, config, ctx, lang_plugins_dir, serial};
 use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, PluginErrorKind, Sandbox, SingleRun};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
@@ -134,18 +134,7 @@ async fn probe_run(
     urls: &[String],
     config: &[(&str, &str)],
 ) -> (SingleRun, Vec<Value>, Vec<Value>) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let log = tracing::subscriber::set_default(subscriber);
-    let run = plugin
-        .process(&ctx("http-1", config), &urls.join("\n"))
-        .await;
-    drop(log);
+    let (run, audit) = audited(plugin.process(&ctx("http-1", config), &urls.join("\n"))).await;
     let reports = match &run.result {
         Ok(out) => out
             .output
@@ -154,12 +143,6 @@ async fn probe_run(
             .collect(),
         Err(_) => Vec::new(),
     };
-    let audit = captured
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["target"] == "kiln::audit")
-        .collect();
     (run, reports, audit)
 }
 
@@ -167,15 +150,24 @@ fn grant(addr: SocketAddr) -> String {
     format!("http://127.0.0.1:{}", addr.port())
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_granted_request_returns_the_body() {
+/// The common set-up: the loopback server, a sandbox whose caps allow any
+/// loopback port, and `http-probe` granted that server, with `extra` after
+/// the grant in its manifest. The last item keeps the sandbox and the
+/// plugin's directory alive; hold it for the test.
+async fn granted_probe(extra: &str) -> (SocketAddr, Plugin, (Sandbox, tempfile::TempDir)) {
     let addr = server().await;
     let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
+    let (plugin, dir) = probe(
         &sandbox,
-        &format!("[grants]\noutbound = [\"{}\"]\n", grant(addr)),
+        &format!("[grants]\noutbound = [\"{}\"]\n{extra}", grant(addr)),
     )
     .await;
+    (addr, plugin, (sandbox, dir))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_granted_request_returns_the_body() {
+    let (addr, plugin, _held) = granted_probe("").await;
     assert_eq!(
         plugin
             .grants()
@@ -199,13 +191,7 @@ async fn a_granted_request_returns_the_body() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_ungranted_port_and_host_are_denied_typed_audited_and_counted() {
-    let addr = server().await;
-    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
-        &sandbox,
-        &format!("[grants]\noutbound = [\"{}\"]\n", grant(addr)),
-    )
-    .await;
+    let (addr, plugin, _held) = granted_probe("").await;
     let other_port = format!("http://127.0.0.1:{}/hello", addr.port() + 1);
     let other_host = format!("http://127.0.0.2:{}/hello", addr.port());
     let (run, reports, audit) =
@@ -385,16 +371,7 @@ async fn a_request_to_a_server_that_never_answers_ends_at_the_job_deadline() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_huge_body_is_cut_at_max_response_bytes() {
-    let addr = server().await;
-    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
-        &sandbox,
-        &format!(
-            "[grants]\noutbound = [\"{}\"]\n[limits]\nmax_response_bytes = 1000\n",
-            grant(addr)
-        ),
-    )
-    .await;
+    let (addr, plugin, _held) = granted_probe("[limits]\nmax_response_bytes = 1000\n").await;
     let (_, reports, _) = probe_run(&plugin, &[format!("{}/huge", grant(addr))], &[]).await;
     assert_eq!(reports[0]["error"], "body", "{reports:?}");
     assert_eq!(reports[0]["read"], 1000, "{reports:?}");
@@ -409,13 +386,7 @@ async fn a_huge_body_is_cut_at_max_response_bytes() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_redirect_to_an_ungranted_host_is_denied_on_the_second_hop() {
-    let addr = server().await;
-    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
-        &sandbox,
-        &format!("[grants]\noutbound = [\"{}\"]\n", grant(addr)),
-    )
-    .await;
+    let (addr, plugin, _held) = granted_probe("").await;
     let (run, reports, audit) = probe_run(
         &plugin,
         &[format!("{}/redirect", grant(addr))],
@@ -438,16 +409,7 @@ async fn a_redirect_to_an_ungranted_host_is_denied_on_the_second_hop() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn max_requests_is_enforced() {
-    let addr = server().await;
-    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
-        &sandbox,
-        &format!(
-            "[grants]\noutbound = [\"{}\"]\n[limits]\nmax_requests = 2\n",
-            grant(addr)
-        ),
-    )
-    .await;
+    let (addr, plugin, _held) = granted_probe("[limits]\nmax_requests = 2\n").await;
     let url = format!("{}/hello", grant(addr));
     let (run, reports, audit) = probe_run(&plugin, &[url.clone(), url.clone(), url], &[]).await;
     let got: Vec<_> = reports
@@ -523,14 +485,8 @@ fn fixed_traceparent(span: &tracing::Span) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_trace_context_is_injected_into_the_outgoing_request() {
-    let addr = server().await;
     kiln_sandbox::http::set_trace_injector(fixed_traceparent);
-    let sandbox = sandbox_with(&["http://127.0.0.1:*".into()], false, Limits::default());
-    let (plugin, _dir) = probe(
-        &sandbox,
-        &format!("[grants]\noutbound = [\"{}\"]\n", grant(addr)),
-    )
-    .await;
+    let (addr, plugin, _held) = granted_probe("").await;
     // Spans must be enabled for the client span to exist.
     let (_, reports, _) = probe_run(&plugin, &[format!("{}/traceparent", grant(addr))], &[]).await;
     assert_eq!(
