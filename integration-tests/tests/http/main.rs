@@ -23,7 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use kiln_integration_tests::broker::{Broker, TestQueue, URL, WorkerProc, job};
 use kiln_integration_tests::otlp::Receiver;
-use kiln_integration_tests::{Captured, artifact, audited, config, ctx, lang_plugins_dir, serial};
+use kiln_integration_tests::{artifact, audited, config, ctx, lang_plugins_dir, serial};
 use kiln_sandbox::{Capability, JobFailure, Limits, Plugin, PluginErrorKind, Sandbox, SingleRun};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
@@ -719,16 +719,7 @@ async fn a_javascript_fetch_is_allowed_by_a_grant_and_denied_without_one() {
     let other = format!("http://127.0.0.1:{}", addr.port() + 1);
     let wasm = enrich_js(denied.path(), &enrich_js_manifest(addr, &other)).unwrap();
     let plugin = sandbox.load_file(&wasm).await.unwrap();
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let log = tracing::subscriber::set_default(subscriber);
-    let run = plugin.process(&ctx("js-3", &[]), r#"{"id":7}"#).await;
-    drop(log);
+    let (run, audit) = audited(plugin.process(&ctx("js-3", &[]), r#"{"id":7}"#)).await;
     // fetch() rejected inside the guest with fetch's own typed error (a
     // `TypeError`: StarlingMonkey does not pass wasi:http's
     // `HTTP-request-denied` on), which the plugin caught and turned into
@@ -746,12 +737,6 @@ async fn a_javascript_fetch_is_allowed_by_a_grant_and_denied_without_one() {
     }
     assert!(run.http.is_empty(), "{:?}", run.http);
     assert_eq!(run.denials.count(Capability::Http), 1);
-    let audit: Vec<Value> = captured
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["target"] == "kiln::audit")
-        .collect();
     assert_eq!(audit.len(), 1, "{audit:?}");
     let f = &audit[0]["fields"];
     assert_eq!(f["capability"], "http", "{f}");
