@@ -14,10 +14,11 @@
 // adapter (it runs the core module), so in every instance the first WASI
 // call comes later, from a running runtime: the adapter's state would then
 // be a pinned heap object that is unpinned when the call returns, and the
-// allocation itself makes a WASI call (the adapter's paused clock) back
-// into the adapter before its state exists, which traps. This allocator
-// always uses `runtime.sbrk`, as the start-up does: the state is never
-// collected and no WASI call is made while it is allocated.
+// allocation itself makes a WASI call (pausing the adapter's clock) back
+// into the adapter before its state exists. Every job trapped (`out of
+// bounds memory access`); which of the two did it was not traced. This
+// allocator always uses `runtime.sbrk`, as the start-up does: the state is
+// never collected and no WASI call is made while it is allocated.
 //
 // Import it for its side effect: `import _ "wit_component/adapterrealloc"`.
 package adapterrealloc
