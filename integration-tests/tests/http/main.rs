@@ -458,18 +458,26 @@ async fn the_enrich_example_merges_a_fetched_field() {
         ),
     );
     let plugin = sandbox.load_file(&wasm).await.unwrap();
+    enriches_record_7(&plugin, "e").await;
+    let run = plugin.process(&ctx("e", &[]), r#"{"id":8}"#).await;
+    let err = run.result.unwrap_err().to_string();
+    assert!(err.contains("no record 8"), "{err}");
+}
+
+/// Runs an `enrich` plugin (Rust or JavaScript) as job `job_id` on record 7
+/// of the loopback server, asserts the fetched field was merged in, and
+/// returns the run.
+async fn enriches_record_7(plugin: &Plugin, job_id: &str) -> SingleRun {
     let run = plugin
-        .process(&ctx("e", &[]), r#"{"id":7,"text":"hi"}"#)
+        .process(&ctx(job_id, &[]), r#"{"id":7,"text":"hi"}"#)
         .await;
-    let out = run.result.unwrap();
+    let out = run.result.as_ref().unwrap();
     let merged: Value = serde_json::from_str(&out.output).unwrap();
     assert_eq!(
         merged,
         serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
     );
-    let run = plugin.process(&ctx("e", &[]), r#"{"id":8}"#).await;
-    let err = run.result.unwrap_err().to_string();
-    assert!(err.contains("no record 8"), "{err}");
+    run
 }
 
 /// A fixed trace context, standing in for the worker's OpenTelemetry one.
@@ -691,15 +699,7 @@ async fn a_javascript_fetch_is_allowed_by_a_grant_and_denied_without_one() {
     };
     let plugin = sandbox.load_file(&wasm).await.unwrap();
     assert_eq!(plugin.name(), "enrich-js");
-    let run = plugin
-        .process(&ctx("js-1", &[]), r#"{"id":7,"text":"hi"}"#)
-        .await;
-    let out = run.result.unwrap();
-    let merged: Value = serde_json::from_str(&out.output).unwrap();
-    assert_eq!(
-        merged,
-        serde_json::json!({"id": 7, "text": "hi", "country": "UK"})
-    );
+    let run = enriches_record_7(&plugin, "js-1").await;
     assert!(run.denials.is_empty(), "{:?}", run.denials);
     assert_eq!(run.http.len(), 1, "{:?}", run.http);
     assert_eq!(&*run.http[0].grant, grant(addr));
